@@ -1,0 +1,79 @@
+"""The ``quantkit`` command line: a click group whose commands are imported only when run.
+
+Each command lives in its own module (``quantkit/cli/<name>.py``) and exposes a click command
+called ``command``. Heavy imports (torch, transformers) happen inside the command callbacks, so
+``quantkit estimate`` and ``quantkit --help`` start instantly.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+
+import click
+
+from quantkit import __version__
+from quantkit.errors import QuantkitError
+
+# name -> (module, one-line help shown by `quantkit --help` without importing the module)
+COMMANDS = {
+    "estimate": ("quantkit.cli.estimate", "Memory, fit and speed bounds for a model (no GPU needed)."),
+    "models": ("quantkit.cli.catalog", "List the built-in model catalogue."),
+    "gpus": ("quantkit.cli.catalog", "List the built-in GPU catalogue."),
+    "quantize": ("quantkit.cli.quantize", "Quantize a model's linear weights to int8 and save it."),
+    "eval": ("quantkit.cli.eval", "Perplexity, speed and memory of bf16 vs int8."),
+    "plan": ("quantkit.cli.plan", "Capacity-planning spreadsheet (xlsx/csv/json) over models x GPUs."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        return getattr(module, f"{name}_command")
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+class CommandError(click.ClickException):
+    """A one-line ``Error: ...`` on stderr with the library error's exit code (2 = usage)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def handle_errors(fn):
+    """Turn typed library errors into one-line click errors (exit code 2 for usage errors)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QuantkitError as exc:
+            raise CommandError(str(exc), exit_code=exc.exit_code) from None
+
+    return wrapper
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="quantkit")
+def cli():
+    """quantkit: how much memory does this LLM need, will int8 make it fit and run faster, and
+    what does int8 cost in quality?"""
+
+
+def main(argv=None):
+    return cli.main(args=argv, prog_name="quantkit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
