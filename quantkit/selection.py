@@ -1,0 +1,27 @@
+"""Which linear modules a quantization touches: one filter keyed by module name.
+
+The quantizer (module swap) and the estimator (quantized checkpoint bytes) both call
+``is_skipped``, so the two agree by construction.
+
+A pattern matches a module's fully qualified name (``model.layers.0.self_attn.q_proj``) when it is
+equal to it, equal to its last component (``lm_head``), or matches it as an ``fnmatch`` glob
+(``*.mlp.*``, ``model.layers.0.*``). Patterns are never substring matches.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Iterable
+
+# Kept in bf16 by default: the output projection. Embeddings are not nn.Linear and are never
+# quantized by the int8 weight-only methods.
+DEFAULT_SKIP: tuple[str, ...] = ("lm_head",)
+
+
+def is_skipped(name: str, patterns: Iterable[str]) -> bool:
+    """True if module ``name`` matches any of ``patterns`` (exact, last component, or glob)."""
+    last = name.rsplit(".", 1)[-1]
+    for pattern in patterns:
+        if pattern == name or pattern == last or fnmatchcase(name, pattern):
+            return True
+    return False
