@@ -72,7 +72,17 @@ def cli():
 
 
 def main(argv=None):
-    return cli.main(args=argv, prog_name="quantkit")
+    """Entry point. Usage errors (bad option values, unknown commands) print one line, exit 2."""
+    try:
+        return cli.main(args=argv, prog_name="quantkit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,36 @@
+"""Small configs, one per architecture feature, for exact-count tests against transformers."""
+
+BASE = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 3,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+
+TINY = {
+    "llama-gqa-untied": {**BASE, "model_type": "llama", "tie_word_embeddings": False},
+    "llama-mha-tied": {**BASE, "model_type": "llama", "num_key_value_heads": 8, "tie_word_embeddings": True},
+    "llama-mqa-bias-headdim": {**BASE, "model_type": "llama", "num_key_value_heads": 1, "head_dim": 16,
+                               "attention_bias": True, "mlp_bias": True, "tie_word_embeddings": False},
+    "mistral-sliding": {**BASE, "model_type": "mistral", "sliding_window": 32, "tie_word_embeddings": False},
+    "qwen2-bias-tied": {**BASE, "model_type": "qwen2", "tie_word_embeddings": True},
+    "qwen3-qknorm": {**BASE, "model_type": "qwen3", "head_dim": 16, "tie_word_embeddings": False},
+    "gemma2-4norms": {**BASE, "model_type": "gemma2", "head_dim": 16, "sliding_window": 32,
+                      "tie_word_embeddings": True},
+    "phi3-fused": {**BASE, "model_type": "phi3", "tie_word_embeddings": False},
+    "mixtral-moe": {**BASE, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2,
+                    "tie_word_embeddings": False},
+    "qwen2-moe-shared": {**BASE, "model_type": "qwen2_moe", "num_experts": 4, "num_experts_per_tok": 2,
+                         "moe_intermediate_size": 48, "shared_expert_intermediate_size": 96,
+                         "tie_word_embeddings": False},
+    "deepseek-v2-lite-mla": {**BASE, "model_type": "deepseek_v2", "num_key_value_heads": 8,
+                             "q_lora_rank": None, "kv_lora_rank": 32, "qk_rope_head_dim": 8,
+                             "qk_nope_head_dim": 16, "v_head_dim": 16, "n_routed_experts": 4,
+                             "num_experts_per_tok": 2, "n_shared_experts": 2, "moe_intermediate_size": 32,
+                             "first_k_dense_replace": 1, "moe_layer_freq": 1, "tie_word_embeddings": False},
+    "deepseek-v3-mla-qlora": {**BASE, "model_type": "deepseek_v3", "num_key_value_heads": 8,
+                              "q_lora_rank": 24, "kv_lora_rank": 32, "qk_rope_head_dim": 8,
+                              "qk_nope_head_dim": 16, "v_head_dim": 16, "n_routed_experts": 4,
+                              "num_experts_per_tok": 2, "n_shared_experts": 1, "moe_intermediate_size": 32,
+                              "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1,
+                              "tie_word_embeddings": False},
+    "starcoder2-plain-mlp": {**BASE, "model_type": "starcoder2", "use_bias": True, "sliding_window": 64,
+                             "tie_word_embeddings": True},
+}
