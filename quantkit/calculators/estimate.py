@@ -89,13 +89,14 @@ def estimate(
 ) -> Estimate:
     """Memory, fit and speed bounds for ``spec``.
 
-    dtype: fp32, fp16, bf16, fp8, int8, int4 (default: the config's torch_dtype, else bf16).
+    dtype: fp32, fp16, bf16, fp8, int8, int4 (default: fp16 if the config's torch_dtype is
+    float16, else bf16).
     kv_dtype: bf16, fp16, fp8, int8, fp32. context: tokens held per sequence (default: model max).
     group_size: None = the dtype's default (int8/fp8 per channel, int4 groups of 128).
     gpu: a catalogue name or GpuSpec; enables fit, max context/batch, min GPUs and speed bounds.
     """
-    if dtype is None:
-        dtype = parse_dtype(spec.torch_dtype) if spec.torch_dtype in ("float32", "float16", "bfloat16") else "bf16"
+    if dtype is None:  # serve in the checkpoint's half-precision dtype; fp32 checkpoints in bf16
+        dtype = "fp16" if spec.torch_dtype == "float16" else "bf16"
     dtype = parse_dtype(dtype)
     kv_dtype = parse_dtype(kv_dtype, tuple(KV_DTYPE_BYTES), "KV dtype")
     batch = _positive("batch", batch)

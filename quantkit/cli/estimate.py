@@ -13,7 +13,7 @@ from quantkit.calculators.kv_cache import KV_DTYPE_BYTES
 
 @click.command("estimate")
 @click.argument("model")
-@click.option("--dtype", default=None, help=f"Weights dtype: {', '.join(DTYPE_BITS)} [default: the config's torch_dtype].")
+@click.option("--dtype", default=None, help=f"Weights dtype: {', '.join(DTYPE_BITS)} [default: fp16 if the config says float16, else bf16].")
 @click.option("--kv-dtype", default="bf16", show_default=True, help=f"KV-cache dtype: {', '.join(KV_DTYPE_BYTES)}.")
 @click.option("--batch", default=1, show_default=True, type=int, help="Sequences decoded together.")
 @click.option("--context", default=None, type=int, help="Tokens held per sequence [default: the model's max context].")
@@ -82,7 +82,7 @@ def render_estimate(est) -> str:
         (f"KV cache, {kv_note}", est.kv_cache_bytes, "bytes"),
     ]
     if s.mla and not est.train:
-        mem.append(("  (MLA decompressed, for comparison)", est.kv_cache_decompressed_bytes, "bytes"))
+        mem.append(("KV cache if MLA were decompressed (comparison)", est.kv_cache_decompressed_bytes, "bytes"))
     if est.train:
         mem.append(("grads + fp32 master + Adam states", est.optimizer_bytes, "bytes"))
     mem += [
@@ -93,7 +93,8 @@ def render_estimate(est) -> str:
         ("total (breakdown)", est.total_bytes, "bytes"),
         ("rule of thumb: 1.2 x weights", est.rule_of_thumb_bytes, "bytes"),
     ]
-    sections.append(render_kv(mem, f"Memory, {mode}: batch {est.batch}, context {est.context:,} tokens"))
+    beyond = f" (beyond the model's max context, {s.max_context:,})" if est.context > s.max_context else ""
+    sections.append(render_kv(mem, f"Memory, {mode}: batch {est.batch}, context {est.context:,} tokens{beyond}"))
     if est.gpu:
         fit = [
             (f"per GPU ({est.num_gpus} x {est.gpu}, tensor parallel)", est.per_gpu_bytes, "bytes"),

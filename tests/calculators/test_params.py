@@ -69,7 +69,6 @@ def test_deepseek_dense_first_layer_and_shared_experts():
     assert p.mlp == 3 * 64 * 160  # first_k_dense_replace = 1
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("card", model_cards(), ids=lambda c: c.name)
 def test_every_catalogue_card_matches_transformers(card):
     try:
