@@ -109,22 +109,28 @@ class GpuSpec:
     display_name: str
     memory_bytes: int  # bytes
     memory_bandwidth_bytes_per_s: int  # bytes/s, vendor peak
-    bf16_dense_flops: int  # FLOP/s, dense (no sparsity)
+    bf16_dense_flops: int  # FLOP/s, dense (no sparsity); GPUs without bf16 (T4): the fp16 rate
     aliases: tuple[str, ...] = ()
+    half_dtype: str = "bf16"  # "fp16" where the GPU has no bf16 tensor cores
     source: str = ""
 
 
 def gpu_from_card(card: Card) -> GpuSpec:
     d = card.data
     try:
+        half = "bf16" if d["bf16_dense_flops"] is not None else "fp16"
+        flops = d["bf16_dense_flops"] if half == "bf16" else d["fp16_dense_flops"]
+        if flops is None:
+            raise KeyError("fp16_dense_flops")
         return GpuSpec(
             name=card.name,
             display_name=d.get("display_name", card.name),
             memory_bytes=int(d["memory_bytes"]),
             memory_bandwidth_bytes_per_s=int(d["memory_bandwidth_bytes_per_s"]),
-            bf16_dense_flops=int(d["bf16_dense_flops"]),
+            bf16_dense_flops=int(flops),
             aliases=card.aliases,
             source=d.get("source", ""),
+            half_dtype=half,
         )
     except KeyError as exc:
         raise ConfigError(f"GPU card {card.path} is missing the field {exc.args[0]!r}") from None

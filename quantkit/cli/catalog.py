@@ -15,7 +15,7 @@ _MODEL_COLS = [
 _GPU_COLS = [
     Column("name", "name"), Column("display_name", "GPU"), Column("memory_bytes", "memory", "bytes"),
     Column("memory_bandwidth_bytes_per_s", "bandwidth", "bytes/s"),
-    Column("bf16_dense_flops", "bf16 dense", "FLOP/s"), Column("aliases", "aliases"),
+    Column("bf16_dense_flops", "bf16 dense (T4: fp16)", "FLOP/s"), Column("aliases", "aliases"),
 ]
 
 
@@ -64,6 +64,6 @@ def gpus_command(fmt):
         rows.append({
             "name": g.name, "display_name": g.display_name, "memory_bytes": g.memory_bytes,
             "memory_bandwidth_bytes_per_s": g.memory_bandwidth_bytes_per_s,
-            "bf16_dense_flops": g.bf16_dense_flops, "aliases": ", ".join(g.aliases), "source": g.source,
+            "bf16_dense_flops": g.bf16_dense_flops, "half_dtype": g.half_dtype, "aliases": ", ".join(g.aliases), "source": g.source,
         })
     _emit(rows, _GPU_COLS, fmt)
