@@ -1,0 +1,104 @@
+"""``quantkit quantize``: thin command over ``quantkit.quantize`` and ``save_quantized``.
+
+torch is imported inside the callback only, so ``quantkit quantize --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import click
+
+from quantkit.cli import handle_errors
+from quantkit.errors import ConfigError, DependencyError, InputError
+from quantkit.quantizers.configs import METHODS, SCALE_DTYPES, get_method
+
+DEVICES = ("cpu", "cuda")
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5_000_000_000 (GB = 10^9, GiB = 2^30); a bare number is bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", text, flags=re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"--max-shard-size must be a positive size like 5GB, 500MB or 2GiB, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+
+
+@click.command("quantize")
+@click.argument("model")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Output folder (written atomically; refused if it exists, unless --force).")
+@click.option("--method", default=None, metavar="METHOD",
+              help=f"One of: {', '.join(METHODS)} [default: int8, or the recipe's].")
+@click.option("--group-size", type=int, default=None,
+              help="int8: one scale per N input columns [default: one per output channel].")
+@click.option("--skip", multiple=True, metavar="PATTERN",
+              help="Module name or glob kept unquantized; repeat for several. Replaces the default "
+                   "(lm_head), so add --skip lm_head to keep it; --skip none quantizes every Linear.")
+@click.option("--scale-dtype", default=None, metavar="DTYPE",
+              help=f"int8 scale storage dtype: {', '.join(SCALE_DTYPES)} [default: bf16].")
+@click.option("--threshold", type=float, default=None,
+              help="llm.int8 outlier threshold [default: 6.0].")
+@click.option("--recipe", default=None, metavar="NAME|PATH",
+              help="Recipe YAML (path, or a shipped name: int8, int8-g128, llm-int8); options override it.")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda",
+              help="Where to load and quantize the model.")
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="Largest safetensors shard (GB = 10^9 bytes, GiB = 2^30 bytes).")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder (after the new one is complete).")
+@handle_errors
+def quantize_command(model, out, method, group_size, skip, scale_dtype, threshold, recipe, device,
+                     max_shard_size, force):
+    """Quantize MODEL's linear weights to int8 and save a reloadable checkpoint in OUT.
+
+    MODEL is a local Hugging Face model folder (config.json + safetensors; tokenizer files are
+    copied along) or a Hub id (needs network). The model is loaded in bf16 and quantized one layer
+    at a time; OUT gets safetensors shards, config.json with a quantization_config, and
+    quant_report.json. The per-layer errors and byte totals are printed.
+    """
+    from quantkit.errors import OutputExistsError
+    from quantkit.quantizers.recipes import build_config, load_recipe
+
+    if method is not None:
+        get_method(method)  # one-line error with a suggestion for an unknown name
+    if device not in DEVICES:
+        raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if skip:
+        skip = () if [s.lower() for s in skip] == ["none"] else tuple(skip)
+    else:
+        skip = None
+    shard_bytes = parse_size(max_shard_size)
+    rec = load_recipe(recipe) if recipe else None
+    config = build_config(rec, method=method, group_size=group_size, skip=skip,
+                          scale_dtype=scale_dtype, threshold=threshold)
+    if out.exists() and not force:
+        raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
+    from quantkit.modelio import build_model, check_causal_lm, check_weights, read_config, resolve_model_dir
+
+    model_dir = resolve_model_dir(model)
+    if out.resolve() == model_dir.resolve():
+        raise InputError("--out must not be the MODEL folder itself")
+    check_causal_lm(read_config(model_dir))
+    check_weights(model_dir)  # headers only: a damaged checkpoint fails before any model is built
+
+    import torch
+
+    from quantkit.quantizers.api import quantize
+    from quantkit.quantizers.checkpoint import save_quantized
+    from quantkit.quantizers.report import render
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DependencyError("--device cuda: no CUDA device is available to torch")
+    start = time.perf_counter()
+    net = build_model(model_dir, torch.bfloat16, device)
+    loaded = time.perf_counter()
+    report = quantize(net, config)
+    save_quantized(net, out, config, report=report, source_dir=model_dir, force=force,
+                   max_shard_bytes=shard_bytes)
+    click.echo(render(report))
+    click.echo(f"wrote {out} in {time.perf_counter() - start:.2f} s "
+               f"(load {loaded - start:.2f} s, quantize {report.seconds:.2f} s)")

@@ -1,0 +1,372 @@
+"""Find, validate and load Hugging Face causal-LM folders without network and without unpickling.
+
+- ``resolve_model_dir(model)``: a local folder (or the path of its config.json), or a Hub id
+  fetched with ``huggingface_hub.snapshot_download`` (``OfflineError`` when the Hub is unreachable).
+- ``read_config(model_dir)``: config.json as a dict (``ConfigError`` naming the problem).
+- ``load_state_dict(model_dir)``: safetensors (single file or sharded with
+  ``model.safetensors.index.json``); legacy ``pytorch_model*.bin`` only through
+  ``torch.load(weights_only=True)``. Truncated or corrupted files raise ``InputError`` naming the
+  file and, where the header allows, the tensor.
+- ``build_model(model_dir, dtype, device)``: the transformers causal LM, built on the meta device
+  and filled with the checkpoint's tensors (``assign=True``: nothing is allocated twice).
+- ``copy_tokenizer_files(src, dst)``.
+
+torch is imported inside the functions that need it, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+
+from quantkit.errors import ConfigError, InputError, OfflineError
+
+# A Hub id: "name" or "org/name" (letters, digits, '-', '_', '.'), never an absolute/relative path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# Tokenizer (and generation) files copied next to a quantized checkpoint when present.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+    "generation_config.json",
+)
+
+# safetensors dtype names -> bytes per element (format spec, huggingface/safetensors).
+_ST_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+_MAX_HEADER = 100_000_000  # bytes; safetensors itself refuses headers above 100 MB
+
+
+def resolve_model_dir(model: str) -> Path:
+    """Local model folder for ``model``: a folder with config.json, the path of a config.json,
+    or a Hub id ("org/name") downloaded to the Hugging Face cache (config, safetensors, tokenizer).
+    """
+    path = Path(model).expanduser()
+    if path.is_file() and path.name == "config.json":
+        path = path.parent
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"no config.json in '{path}': MODEL must be a Hugging Face model folder "
+                "(config.json + safetensors) or a Hub id"
+            )
+        return path
+    if path.exists():
+        raise InputError(f"'{model}' is a file, not a model folder (config.json + safetensors)")
+    if not _HUB_ID.match(model):
+        raise InputError(f"no such model folder: '{model}'")
+    return _download(model)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+    )
+
+    offline = OfflineError(
+        f"'{repo_id}' is not a local folder and the Hugging Face Hub could not be reached to "
+        "fetch it; pass a local model folder (config.json + safetensors)"
+    )
+    try:
+        path = Path(snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "merges.txt", "*.jinja"]
+        ))
+        if not any(path.glob("*.safetensors")):  # legacy weights, read with weights_only=True
+            path = Path(snapshot_download(repo_id, allow_patterns=["pytorch_model*.bin"]))
+        return path
+    except RepositoryNotFoundError as exc:  # includes gated repositories
+        raise InputError(f"'{repo_id}' is not a local folder, and the Hub has no accessible model "
+                         f"repository of that name ({type(exc).__name__})") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise offline from None
+    except HfHubHTTPError as exc:
+        raise InputError(f"could not fetch '{repo_id}' from the Hub: {str(exc).splitlines()[0]}") from None
+
+
+def read_config(model_dir) -> dict:
+    """config.json of ``model_dir`` as a dict; ``ConfigError`` if missing, not JSON or not a model config."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"no config.json in '{model_dir}'")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    if not isinstance(data.get("model_type"), str):
+        raise ConfigError(f"{path} has no 'model_type' (a transformers config.json names its model type)")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+def weight_files(model_dir) -> tuple[str, list[Path], dict | None]:
+    """(kind, files, weight_map): kind is "safetensors" or "bin"; weight_map from an index, if any."""
+    model_dir = Path(model_dir)
+    for kind, single, index in (
+        ("safetensors", "model.safetensors", "model.safetensors.index.json"),
+        ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (model_dir / index).is_file():
+            weight_map = _read_index(model_dir / index)
+            files = sorted({model_dir / f for f in weight_map.values()})
+            for f in files:
+                if not f.is_file():
+                    raise InputError(f"{index} lists '{f.name}', which is missing from '{model_dir}'")
+            return kind, files, weight_map
+        if (model_dir / single).is_file():
+            return kind, [model_dir / single], None
+    others = sorted(p.name for p in model_dir.glob("*.safetensors"))
+    if others:
+        raise InputError(f"'{model_dir}' has {', '.join(others)} but no model.safetensors or "
+                         "model.safetensors.index.json saying which tensors they hold")
+    raise InputError(f"no weights in '{model_dir}': expected model.safetensors, "
+                     "model.safetensors.index.json or pytorch_model.bin")
+
+
+def _read_index(path: Path) -> dict:
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(f"{path.name} is not a valid index (JSON with a 'weight_map')") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{path.name}: 'weight_map' must map tensor names to file names")
+    return weight_map
+
+
+def check_safetensors_file(path: Path) -> dict:
+    """Validate a safetensors header against the file size; return the header's tensor entries.
+
+    Catches truncated and garbled files before safetensors would fail with a less helpful
+    message, and names the first tensor whose bytes lie beyond the end of the file.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise InputError(f"{path.name} is truncated or not a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER:
+            raise InputError(f"{path.name} is not a safetensors file (header length {n} bytes)")
+        if 8 + n > size:
+            raise InputError(f"{path.name} is truncated: its header needs {8 + n} bytes, the file has {size}")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(f"{path.name} is corrupted: its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path.name} is corrupted: its header is not a JSON object")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for name, info in sorted(tensors.items(), key=lambda kv: _end_offset(path, *kv)):
+        begin, end = info["data_offsets"]
+        if 8 + n + end > size:
+            raise InputError(f"{path.name} is truncated: tensor '{name}' needs bytes up to "
+                             f"{8 + n + end}, the file has {size}")
+        numel = 1
+        for d in info["shape"]:
+            numel *= d
+        if info["dtype"] in _ST_ITEMSIZE and end - begin != numel * _ST_ITEMSIZE[info["dtype"]]:
+            raise InputError(f"{path.name} is corrupted: tensor '{name}' has {end - begin} bytes "
+                             f"for shape {info['shape']} {info['dtype']}")
+    return tensors
+
+
+def _end_offset(path: Path, name: str, info) -> int:
+    try:
+        begin, end = info["data_offsets"]
+        shape, dtype = info["shape"], info["dtype"]
+        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
+            raise ValueError
+        if not isinstance(shape, list) or not isinstance(dtype, str):
+            raise ValueError
+        return end
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{path.name} is corrupted: bad header entry for tensor '{name}'") from None
+
+
+def check_weights(model_dir) -> None:
+    """Validate every safetensors header of ``model_dir`` against its file (pure Python, no torch):
+    a truncated or garbled checkpoint fails here, before any model is built."""
+    kind, files, _ = weight_files(model_dir)
+    if kind == "safetensors":
+        for path in files:
+            check_safetensors_file(path)
+
+
+def load_state_dict(model_dir, dtype=None, device="cpu") -> dict:
+    """All tensors of the checkpoint in ``model_dir`` as {name: Tensor} on ``device``.
+
+    dtype: if given, floating-point tensors are cast to it one at a time as they are read (int
+    tensors, e.g. int8 weights, are kept as stored).
+    """
+    import torch
+
+    kind, files, weight_map = weight_files(model_dir)
+    state: dict = {}
+    for path in files:
+        if kind == "safetensors":
+            part = _read_safetensors(path, device)
+        else:
+            try:
+                part = torch.load(path, map_location=device, weights_only=True, mmap=True)
+            except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError here
+                raise InputError(f"{path.name} could not be read as a weights-only torch "
+                                 f"checkpoint: {str(exc).splitlines()[0]}") from None
+            if not isinstance(part, dict):
+                raise InputError(f"{path.name} does not hold a state dict")
+        if weight_map is not None:
+            listed = {k for k, f in weight_map.items() if f == path.name}
+            missing = sorted(listed - set(part))
+            if missing:
+                raise InputError(f"{path.name} lacks tensor '{missing[0]}' that the index places in it")
+        for name, tensor in part.items():
+            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                tensor = tensor.to(dtype)
+            state[name] = tensor
+    return state
+
+
+def _read_safetensors(path: Path, device) -> dict:
+    from safetensors import SafetensorError, safe_open
+
+    check_safetensors_file(path)
+    out = {}
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            for name in fh.keys():
+                try:
+                    out[name] = fh.get_tensor(name)
+                except SafetensorError as exc:
+                    raise InputError(f"{path.name}: cannot read tensor '{name}': {exc}") from None
+    except SafetensorError as exc:
+        raise InputError(f"{path.name} is not a readable safetensors file: {exc}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def check_causal_lm(cfg: dict, where: str = "config.json") -> None:
+    """``ConfigError`` unless ``cfg`` describes a model that ``AutoModelForCausalLM`` builds."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    model_type = cfg.get("model_type")
+    archs = cfg.get("architectures") or []
+    if archs:
+        if not any(a in causal_classes for a in archs):
+            raise ConfigError(
+                f"{where} describes {', '.join(archs)} (model_type '{model_type}'), not a causal "
+                "language model: quantkit handles decoder LLMs that AutoModelForCausalLM builds"
+            )
+    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or cfg.get("is_encoder_decoder"):
+        raise ConfigError(f"{where}: model_type '{model_type}' is not a causal language model "
+                          "that AutoModelForCausalLM builds")
+
+
+def hf_config(cfg: dict):
+    """A transformers config object from a config.json dict, without its quantization_config."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = cfg["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        import transformers
+
+        raise ConfigError(f"model_type '{model_type}' is unknown to transformers {transformers.__version__}")
+    clean = {k: v for k, v in cfg.items() if k != "quantization_config"}
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(clean)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config.json is not a valid {model_type} config: {exc}") from None
+
+
+def empty_model(cfg: dict, dtype):
+    """The causal LM for ``cfg`` with its parameters on the meta device (buffers such as RoPE
+    frequencies are real, on CPU), ready for ``load_state_dict(..., assign=True)``."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    check_causal_lm(cfg)
+    config = hf_config(cfg)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model
+
+
+def assign_state_dict(model, state: dict, source: str, handled_modules=frozenset()) -> None:
+    """Load ``state`` into a meta-device ``model`` with ``assign=True`` after checking names and
+    shapes; ``InputError`` naming the first missing, unexpected or mis-shaped tensor.
+
+    handled_modules: names of modules already filled by the caller (e.g. quantized layers rebuilt
+    from their tensors); their entries are neither expected nor assigned here.
+    """
+    expected = {k: v for k, v in model.state_dict().items()
+                if k.rsplit(".", 1)[0] not in handled_modules}
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    for name, tensor in expected.items():
+        if name not in state:
+            if name in tied:
+                continue
+            raise InputError(f"{source} lacks tensor '{name}' that the model in config.json needs")
+        got = state[name]
+        if tuple(got.shape) != tuple(tensor.shape):
+            raise InputError(f"tensor '{name}' in {source} has shape {tuple(got.shape)}, "
+                             f"config.json's model needs {tuple(tensor.shape)}")
+        # Float tensors may be cast on load; integer ones (int8 weights) must match exactly.
+        if got.is_floating_point() != tensor.is_floating_point() or (
+                not tensor.is_floating_point() and got.dtype != tensor.dtype):
+            raise InputError(f"tensor '{name}' in {source} is {got.dtype}, the model needs {tensor.dtype}")
+    ignore = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    extra = [k for k in state if k not in expected and not any(p.search(k) for p in ignore)]
+    if extra:
+        raise InputError(f"{source} has tensor '{sorted(extra)[0]}' that the model in config.json does not have")
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
+    if tied and any(k not in state for k in tied):
+        model.tie_weights()
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type == "meta":
+            raise InputError(f"{source} leaves tensor '{name}' unset")
+
+
+def build_model(model_dir, dtype=None, device="cpu"):
+    """The transformers causal LM of a local folder, in ``dtype`` (default torch.bfloat16), in eval mode.
+
+    Built on the meta device and filled from the checkpoint, so peak memory is one copy of the
+    weights in ``dtype``; never touches the network. Refuses configs that are not causal LMs and
+    already-quantized checkpoints (``ConfigError``).
+    """
+    import torch
+
+    dtype = torch.bfloat16 if dtype is None else dtype
+    model_dir = Path(model_dir)
+    cfg = read_config(model_dir)
+    if "quantization_config" in cfg:
+        method = cfg["quantization_config"].get("quant_method", "?") if isinstance(cfg["quantization_config"], dict) else "?"
+        raise ConfigError(f"'{model_dir}' is already quantized (quantization_config, quant_method "
+                          f"'{method}'); start from a bf16/fp16/fp32 model")
+    model = empty_model(cfg, dtype)
+    state = load_state_dict(model_dir, dtype=dtype)
+    assign_state_dict(model, state, f"the checkpoint in '{model_dir}'")
+    return model.to(device).eval()
+
+
+def copy_tokenizer_files(src, dst) -> list[str]:
+    """Copy the tokenizer (and generation config) files that exist in ``src`` to ``dst``; return their names."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,116 @@
+"""``quantkit.quantize(model, config)``: swap a model's ``nn.Linear`` modules for quantized ones.
+
+Example::
+
+    import quantkit
+    report = quantkit.quantize(model, quantkit.QuantConfig(method="int8", group_size=128))
+    print(report.bytes_before, report.bytes_after, report.worst_layer)
+
+The swap is in place and goes one module at a time (progress bar on stderr): each weight is
+read, quantized in fp32 and released before the next, so peak memory beyond the model is about
+one layer. Which modules are skipped is decided by ``quantkit.selection.is_skipped`` (default
+``lm_head``; embeddings are not ``nn.Linear`` and are never touched).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from quantkit.errors import ConfigError
+from quantkit.quantizers.configs import METHODS, QuantConfig, handler_for
+from quantkit.quantizers.report import QuantReport, estimated_checkpoint_bytes
+from quantkit.selection import is_skipped
+
+__all__ = ["quantize", "QuantConfig", "METHODS", "handler_for"]
+
+
+def linear_modules(model):
+    """(name, module) of every plain float ``nn.Linear`` in ``model``, in module order.
+
+    ``ConfigError`` if a quantized layer (``Int8Linear``, or a bitsandbytes ``nn.Linear``
+    subclass) is found: the model is already quantized.
+    """
+    from torch import nn
+
+    from quantkit.quantizers.int8 import Int8Linear
+
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, Int8Linear):
+            raise ConfigError(f"'{name}' is already quantized (Int8Linear)")
+        if isinstance(mod, nn.Linear):
+            if type(mod).__module__.startswith("bitsandbytes"):
+                raise ConfigError(f"'{name}' is already quantized ({type(mod).__name__})")
+            out.append((name, mod))
+    return out
+
+
+def quantize(model, config: QuantConfig | None = None, *, progress: bool = True) -> QuantReport:
+    """Quantize ``model``'s linear layers in place according to ``config`` (default int8 per-channel).
+
+    Returns a ``QuantReport`` (per-layer errors, bytes before/after, the estimator's bytes,
+    seconds). ``ConfigError`` if the skip patterns leave nothing to quantize.
+    """
+    from tqdm import tqdm
+
+    from quantkit.quantizers.checkpoint import base_dtype, collect_state, dedup_shared, tensor_bytes
+
+    config = QuantConfig() if config is None else config
+    if not isinstance(config, QuantConfig):
+        raise ConfigError(f"config must be a QuantConfig, got {type(config).__name__}")
+    handler = handler_for(config)
+    start = time.perf_counter()
+    base = base_dtype(model)
+    bytes_before = tensor_bytes(dedup_shared(model.state_dict()))
+
+    linears = linear_modules(model)
+    targets = [n for n, _ in linears if not is_skipped(n, config.skip)]
+    skipped = [n for n, _ in linears if is_skipped(n, config.skip)]
+    if not targets:
+        raise ConfigError(f"nothing to quantize: the skip patterns {list(config.skip)} match all "
+                          f"{len(linears)} linear modules")
+    tied = _tied_names(model, targets)
+
+    layers = []
+    for name in tqdm(targets, desc=f"quantize {config.method}", unit="layer", file=sys.stderr,
+                     disable=not progress):
+        old = model.get_submodule(name)
+        new, layer = handler.quantize_module(name, old, config)
+        new.train(old.training)  # an eval model stays in eval mode (bitsandbytes' path depends on it)
+        model.set_submodule(name, new)  # the float weight is released here (unless tied)
+        del old
+        layers.append(layer)
+    if tied and getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        # A quantized lm_head no longer shares the embedding matrix: say so in the config, or
+        # transformers would re-tie (overwrite) the int8 weight with the bf16 embedding.
+        model.config.tie_word_embeddings = False
+
+    state, _, _ = collect_state(model, config)
+    estimate = None
+    hf_cfg = getattr(model, "config", None)
+    if hf_cfg is not None and hasattr(hf_cfg, "to_dict"):
+        estimate = estimated_checkpoint_bytes(hf_cfg.to_dict(), config, base.itemsize)
+    return QuantReport(
+        method=config.method,
+        config=config.to_dict(),
+        layers=layers,
+        skipped=skipped,
+        bytes_before=bytes_before,
+        bytes_after=tensor_bytes(state),
+        estimated_bytes=estimate,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _tied_names(model, targets: list[str]) -> list[str]:
+    """Targets whose weight shares storage with another parameter (tied lm_head/embeddings)."""
+    owners: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(p.data_ptr(), []).append(pname)
+    out = []
+    for name in targets:
+        w = model.get_submodule(name).weight
+        if len(owners.get(w.data_ptr(), [])) > 1:
+            out.append(name)
+    return out

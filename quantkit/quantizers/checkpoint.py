@@ -1,0 +1,331 @@
+"""Quantized checkpoints: write them atomically, read them back with ``load_quantized``.
+
+Folder layout::
+
+    config.json                    the model's config + "quantization_config" (below)
+    model.safetensors              or model-0000k-of-0000n.safetensors + model.safetensors.index.json
+                                   ({"metadata": {"total_size": bytes}, "weight_map": {name: file}})
+    quant_report.json              per-layer errors and byte totals (``report.QuantReport``)
+    tokenizer files                copied from the source folder when present
+
+Tensor names are transformers' module names (``model.layers.N.self_attn.q_proj`` ...).
+
+Method ``int8`` (compressed-tensors W8A16 "int-quantized", symmetric, no zero points):
+  ``<module>.weight``        int8 (out, in)
+  ``<module>.weight_scale``  (out, n_groups) in the scale dtype (bf16 by default); n_groups = 1 for
+                             strategy "channel", ceil(in / group_size) for strategy "group"
+  ``<module>.bias``          bf16 (out,), if the layer has one
+  dequantized weight = weight * weight_scale.repeat_interleave(group_size, dim=1)[:, :in]
+  Everything else (embeddings, norms, skipped linears such as lm_head) keeps its name and dtype.
+Method ``llm.int8`` (bitsandbytes naming, see ``bnb.py``): ``<module>.weight`` int8 (out, in),
+  ``<module>.SCB`` fp32 (out,) = row absmax (scale = SCB / 127), ``<module>.bias`` bf16.
+Tied embeddings: a tensor shared by two names (lm_head.weight = model.embed_tokens.weight) is
+written once, under the first name in the state dict, as transformers does.
+
+``quantization_config`` for int8::
+
+    {"quant_method": "compressed-tensors", "format": "int-quantized",
+     "quantization_status": "compressed", "kv_cache_scheme": null,
+     "config_groups": {"group_0": {"targets": ["Linear"],
+        "weights": {"num_bits": 8, "type": "int", "symmetric": true,
+                    "strategy": "channel" | "group", "group_size": null | N, "dynamic": false,
+                    "observer": "minmax", "scale_dtype": "torch.bfloat16", ...},
+        "input_activations": null, "output_activations": null}},
+     "ignore": [every skipped linear module, by full name],
+     "quantkit": {...}}
+
+and for llm.int8 transformers' ``BitsAndBytesConfig`` keys (quant_method "bitsandbytes",
+load_in_8bit, llm_int8_threshold, llm_int8_skip_modules) plus the same ``quantkit`` block::
+
+    "quantkit": {"version": 1, "quantkit_version": "0.1.0", "method": "int8" | "llm.int8",
+                 "bits": 8, "granularity": "channel" | "group", "group_size": null | N,
+                 "scale_dtype": "bf16" | "fp16" | "fp32", "config": QuantConfig.to_dict(),
+                 "quantized_modules": [...], "skipped_modules": [...]}
+
+quantkit reads only the ``quantkit`` block (never guesses the scheme from tensor names).
+
+Differences from compressed-tensors: ``ignore`` lists full module names only (no "re:" patterns);
+the ``quantkit`` block is extra; group-wise scales allow in_features that are not a multiple of
+group_size (the last group is shorter: ceil groups) where compressed-tensors/vLLM kernels may
+require divisibility; ``scale_dtype`` inside ``weights`` is only understood by recent
+compressed-tensors releases. Loading these folders with compressed-tensors/vLLM was not tested
+here (no network/GPU); the tensor layout is the one its ``IntQuantizationCompressor`` writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from quantkit.errors import ConfigError, InputError, OutputExistsError
+from quantkit.quantizers.configs import QuantConfig, handler_for
+
+FORMAT_VERSION = 1
+DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # 5 GB (10^9), transformers' default shard size
+
+
+def tensor_bytes(state: dict) -> int:
+    """Sum of numel * itemsize over ``state`` (bytes, int)."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def dedup_shared(state: dict) -> dict:
+    """``state`` without later names of tensors that share storage with an earlier one (ties)."""
+    seen, out = set(), {}
+    for name, t in state.items():
+        if t.device.type == "meta":
+            out[name] = t
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            out[name] = t
+    return out
+
+
+def base_dtype(model):
+    """dtype of the model's unquantized float tensors (its input embedding, else first float param)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and hasattr(emb, "weight"):
+        return emb.weight.dtype
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    raise ConfigError("the model has no floating-point parameters")
+
+
+def collect_state(model, config: QuantConfig) -> tuple[dict, list[str], list[str]]:
+    """(tensors to save, quantized module names, skipped linear module names) for ``model``."""
+    from torch import nn
+
+    handler = handler_for(config)
+    qcls = handler.MODULE_CLASS
+    quantized, skipped = [], []
+    for name, mod in model.named_modules():
+        if isinstance(mod, qcls):
+            quantized.append(name)
+        elif isinstance(mod, nn.Linear):
+            skipped.append(name)
+    if not quantized:
+        raise ConfigError(f"the model has no {config.method} layers: run quantkit.quantize first")
+    done = set(quantized)
+    state = {}
+    for name in quantized:
+        for key, t in handler.export_tensors(model.get_submodule(name)).items():
+            state[f"{name}.{key}"] = t
+    for key, t in model.state_dict().items():
+        if key.rsplit(".", 1)[0] not in done:
+            state[key] = t
+    return dedup_shared(state), quantized, skipped
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out, force: bool = False):
+    """Yield a fresh temp folder next to ``out``; on success it becomes ``out``, on any error it is
+    removed. An existing ``out`` is refused (``OutputExistsError``) unless ``force``, and then
+    replaced only once the new folder is complete."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        _default_modes(tmp)
+        if out.exists() or out.is_symlink():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _default_modes(folder: Path) -> None:
+    # mkdtemp makes a 0700 folder and safetensors writes 0600 files; give the finished output
+    # the modes a plain mkdir/open would have (umask applied).
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
+def write_shards(state: dict, folder: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+    """Write ``state`` as safetensors shards of at most ``max_shard_bytes`` (a bigger tensor gets a
+    shard of its own); one shard is ``model.safetensors``, more add an index. Returns file names."""
+    from safetensors.torch import save_file
+
+    if max_shard_bytes <= 0:
+        raise ConfigError(f"max shard size must be positive, got {max_shard_bytes}")
+    shards, current, size = [], [], 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    if current:
+        shards.append(current)
+    n = len(shards)
+    files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    weight_map = {}
+    for fname, names in zip(files, shards):
+        # One shard at a time on CPU: a GPU model is copied out shard by shard.
+        save_file({k: _standalone(state[k]) for k in names}, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in names})
+    if n > 1:
+        index = {"metadata": {"total_size": tensor_bytes(state)}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return files
+
+
+def _standalone(t):
+    # safetensors refuses tensors that share storage (e.g. slices of one fused matrix): copy those.
+    t = t.detach().to("cpu").contiguous()
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
+def quantization_config(config: QuantConfig, quantized: list[str], skipped: list[str]) -> dict:
+    """The ``quantization_config`` entry of config.json for a model quantized with ``config``."""
+    from quantkit import __version__
+
+    qc = handler_for(config).checkpoint_config(config, quantized, skipped)
+    qc["quantkit"] = {
+        "version": FORMAT_VERSION,
+        "quantkit_version": __version__,
+        "method": config.method,
+        "bits": config.bits,
+        "granularity": config.granularity,
+        "group_size": config.group_size,
+        "scale_dtype": config.scale_dtype,
+        "config": config.to_dict(),
+        "quantized_modules": list(quantized),
+        "skipped_modules": list(skipped),
+    }
+    return qc
+
+
+def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=None,
+                   force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """Write a quantized ``model`` (a transformers causal LM after ``quantize``) to ``out`` atomically.
+
+    report: a ``QuantReport`` written as quant_report.json; source_dir: tokenizer files are copied
+    from it. Returns ``out``.
+    """
+    from quantkit.modelio import copy_tokenizer_files
+
+    if not hasattr(getattr(model, "config", None), "to_dict"):
+        raise ConfigError("save_quantized needs a transformers model (its .config becomes config.json)")
+    state, quantized, skipped = collect_state(model, config)
+    cfg = model.config.to_dict()
+    cfg["quantization_config"] = quantization_config(config, quantized, skipped)
+    with atomic_output_dir(out, force) as tmp:
+        write_shards(state, tmp, max_shard_bytes)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        if report is not None:
+            (tmp / "quant_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        if source_dir is not None:
+            copy_tokenizer_files(source_dir, tmp)
+    return Path(out)
+
+
+def read_quant_block(cfg: dict, where) -> tuple[QuantConfig, dict]:
+    """(QuantConfig, quantkit block) of a quantized config.json; ``ConfigError`` if there is none."""
+    qc = cfg.get("quantization_config")
+    if not isinstance(qc, dict):
+        raise ConfigError(f"'{where}' has no quantization_config: not a quantized checkpoint")
+    block = qc.get("quantkit")
+    if not isinstance(block, dict):
+        raise ConfigError(f"'{where}': quantization_config (quant_method "
+                          f"'{qc.get('quant_method')}') was not written by quantkit; it has no 'quantkit' block")
+    if block.get("version") != FORMAT_VERSION:
+        raise ConfigError(f"'{where}': quantkit checkpoint format version {block.get('version')!r}, "
+                          f"this quantkit reads version {FORMAT_VERSION}")
+    for key in ("config", "quantized_modules", "skipped_modules"):
+        if key not in block:
+            raise ConfigError(f"'{where}': quantization_config.quantkit lacks '{key}'")
+    return QuantConfig.from_dict(block["config"]), block
+
+
+def _linear(model, name: str, source):
+    from torch import nn
+
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        raise InputError(f"'{source}': quantized module '{name}' does not exist in the model of config.json") from None
+    if not isinstance(mod, nn.Linear):
+        raise InputError(f"'{source}': quantized module '{name}' is a {type(mod).__name__}, not a Linear")
+    return mod
+
+
+def prepare_quantized(model, cfg: dict, source="checkpoint") -> tuple[QuantConfig, list[str]]:
+    """Swap the modules that a quantkit checkpoint's config lists as quantized for empty (meta)
+    quantized modules, so that ``modelio.assign_state_dict(model, state)`` then fills every
+    tensor. ``model`` is any module tree with the checkpoint's module names (a transformers model
+    or the eval runner), built on the meta device. Returns (config, quantized module names).
+    """
+    config, block = read_quant_block(cfg, source)
+    handler = handler_for(config)
+    if not hasattr(handler, "empty_module"):
+        raise ConfigError(f"'{source}': {config.method} checkpoints load only with quantkit.load_quantized")
+    quantized = list(block["quantized_modules"])
+    for name in quantized:
+        model.set_submodule(name, handler.empty_module(_linear(model, name, source), config))
+    return config, quantized
+
+
+def load_quantized(path, device="cpu", dtype=None):
+    """Load a quantkit checkpoint folder as a transformers causal LM in eval mode.
+
+    Calling it with a (B, T) LongTensor of token ids returns an output with ``.logits``
+    (B, T, vocab). ``dtype`` (default torch.bfloat16) is the activation dtype: embeddings, norms
+    and skipped layers are cast to it; int8 weights, scales and quantized-layer biases stay as
+    stored. The model is built on the meta device and the stored tensors are assigned, not copied.
+    """
+    import torch
+
+    from quantkit.modelio import assign_state_dict, empty_model, load_state_dict, read_config
+
+    dtype = torch.bfloat16 if dtype is None else dtype
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"no such checkpoint folder: '{path}'")
+    cfg = read_config(path)
+    config, block = read_quant_block(cfg, path)
+    handler = handler_for(config)
+    model = empty_model(cfg, dtype)
+    state = load_state_dict(path)
+    quantized = frozenset(block["quantized_modules"])
+    rest = {k: (t.to(dtype) if t.is_floating_point() else t) for k, t in state.items()
+            if k.rsplit(".", 1)[0] not in quantized}
+    source = f"the checkpoint in '{path}'"
+    if hasattr(handler, "empty_module"):
+        prepare_quantized(model, cfg, path)
+        rest.update({k: t for k, t in state.items() if k.rsplit(".", 1)[0] in quantized})
+        assign_state_dict(model, rest, source)
+    else:  # modules built from their tensors (bitsandbytes)
+        by_owner: dict[str, dict] = {}
+        for key, t in state.items():
+            owner, local = key.rsplit(".", 1)
+            if owner in quantized:
+                by_owner.setdefault(owner, {})[local] = t
+        for name in block["quantized_modules"]:
+            linear = _linear(model, name, path)
+            model.set_submodule(name, handler.load_module(name, linear, config, by_owner.get(name, {})))
+        assign_state_dict(model, rest, source, handled_modules=quantized)
+    return model.to(device).eval()

@@ -1,0 +1,173 @@
+"""Weight-only int8 (method ``int8``): ``Int8Linear`` and the handler that swaps ``nn.Linear`` for it.
+
+Quantization (per output row, or per group of ``group_size`` input columns within a row):
+symmetric absmax, ``scale = max|w| / 127``; the scale is cast to its storage dtype FIRST and the
+weights are divided by that stored value, so ``weight * weight_scale`` is exactly what was
+quantized against; ``q = round(w / scale)`` (round half to even) clamped to [-127, 127] (the
+clamp only bites when the cast rounded the scale down by < 1 ulp). A group whose stored scale is 0
+(all-zero weights, or an fp16 scale that underflowed) stores q = 0: no division by zero.
+
+Handler interface (shared by every method module, used by ``api`` and ``checkpoint``):
+``MODULE_CLASS``, ``quantize_module``, ``export_tensors``, ``checkpoint_config``, and either
+``empty_module`` (a meta shell that ``load_state_dict(assign=True)`` fills) or ``load_module``
+(build the module from its tensors, for modules whose parameters cannot simply be assigned).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from quantkit.errors import InputError
+from quantkit.kernels import dequantize, int8_linear
+from quantkit.quantizers.configs import Int8Config
+from quantkit.quantizers.report import LayerReport, layer_report
+
+SCALE_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BIAS_DTYPE = torch.bfloat16  # biases of quantized layers are kept in bf16 (issue #3)
+QMAX = 127  # symmetric int8 range [-127, 127]; -128 unused so that q and -q both exist
+
+
+def n_groups(in_features: int, group_size: int | None) -> int:
+    return 1 if group_size is None else math.ceil(in_features / group_size)
+
+
+def quantize_weight(weight: torch.Tensor, group_size: int | None = None,
+                    scale_dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize one (out, in) weight. Returns (q int8 (out, in), scale (out, n_groups) in scale_dtype).
+
+    Works in fp32 on one layer at a time (a few (out, in) fp32 temporaries, never the whole model).
+    """
+    w = weight.detach().float()
+    out_f, in_f = w.shape
+    g = in_f if group_size is None else group_size
+    groups = n_groups(in_f, group_size)
+    pad = groups * g - in_f  # zero columns that complete the last group; they do not move absmax
+    wg = (nn.functional.pad(w, (0, pad)) if pad else w).reshape(out_f, groups, g)
+    scale = (wg.abs().amax(dim=-1) / QMAX).to(scale_dtype)  # (out, n_groups), the stored value
+    s = scale.float().unsqueeze(-1)  # (out, n_groups, 1)
+    zero = s == 0
+    q = wg / s.masked_fill(zero, 1.0)  # the one (out, in) fp32 temporary besides w
+    q.round_().clamp_(-QMAX, QMAX).masked_fill_(zero, 0)
+    q = q.view(out_f, groups * g)[:, :in_f].to(torch.int8).contiguous()
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """``y = x @ (weight * weight_scale).T + bias`` with int8 ``weight`` and bf16 activations.
+
+    Buffers (these are the checkpoint tensor names, ``<module>.<buffer>``):
+      weight        int8 (out_features, in_features)
+      weight_scale  (out_features, n_groups) in the scale dtype (bf16 by default); n_groups = 1
+                    per output channel, ceil(in_features / group_size) per group
+      bias          bf16 (out_features,), or None
+    The forward is the one-line dispatch to ``quantkit.kernels.int8_linear`` and computes in x's
+    dtype. Note: ``module.to(dtype)`` casts floating buffers, scales included; don't cast a
+    quantized model, pick the activation dtype when loading it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 group_size: int | None = None, scale_dtype: torch.dtype = torch.bfloat16, device=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        groups = n_groups(in_features, group_size)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=scale_dtype, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=BIAS_DTYPE, device=device))
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int | None = None,
+                    scale_dtype: torch.dtype = torch.bfloat16, weight: torch.Tensor | None = None) -> "Int8Linear":
+        """Quantize ``linear`` (any float dtype, any device) into a new ``Int8Linear`` on its device.
+
+        weight: ``linear.weight`` already converted to fp32, if the caller has it (saves a copy).
+        """
+        q, scale = quantize_weight(linear.weight if weight is None else weight, group_size, scale_dtype)
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                  group_size, scale_dtype, device="meta")
+        mod.weight, mod.weight_scale = q, scale  # replace the meta buffers
+        if linear.bias is not None:
+            mod.bias = linear.bias.detach().to(BIAS_DTYPE).clone()
+        return mod
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight the forward uses, (out, in) in ``dtype``."""
+        return dequantize(self.weight, self.weight_scale, self.group_size, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_linear(x, self.weight, self.weight_scale, self.bias, self.group_size)
+
+    def extra_repr(self) -> str:
+        gran = "per-channel" if self.group_size is None else f"group_size={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {gran}, scale_dtype={self.weight_scale.dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Handler
+
+MODULE_CLASS = Int8Linear
+
+
+def quantize_module(name: str, linear: nn.Linear, config: Int8Config) -> tuple[Int8Linear, LayerReport]:
+    """Quantize one ``nn.Linear``; returns the replacement and its error statistics."""
+    w = linear.weight.detach().float()
+    if not torch.isfinite(w).all():
+        raise InputError(f"weight of '{name}' has non-finite values (inf/nan); cannot quantize it")
+    mod = Int8Linear.from_linear(linear, config.group_size, SCALE_TORCH_DTYPES[config.scale_dtype], weight=w)
+    if not torch.isfinite(mod.weight_scale).all():
+        raise InputError(f"'{name}': a scale overflows {config.scale_dtype}; use scale_dtype fp32")
+    report = layer_report(name, w, mod.dequantize(torch.float32), mod.weight_scale)
+    return mod, report
+
+
+def export_tensors(module: Int8Linear) -> dict:
+    """Checkpoint tensors of one quantized module, keyed by local name."""
+    out = {"weight": module.weight, "weight_scale": module.weight_scale}
+    if module.bias is not None:
+        out["bias"] = module.bias
+    return out
+
+
+def empty_module(linear: nn.Linear, config: Int8Config) -> Int8Linear:
+    """An ``Int8Linear`` shell on the meta device for ``linear``'s shape, to be filled by
+    ``load_state_dict(..., assign=True)`` (its buffers are replaced, nothing is allocated)."""
+    return Int8Linear(linear.in_features, linear.out_features, linear.bias is not None,
+                      config.group_size, SCALE_TORCH_DTYPES[config.scale_dtype], device="meta")
+
+
+def checkpoint_config(config: Int8Config, quantized: list[str], skipped: list[str]) -> dict:
+    """config.json's ``quantization_config`` (compressed-tensors W8A16 "int-quantized" layout)."""
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "int-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {
+                    "num_bits": 8,
+                    "type": "int",
+                    "symmetric": True,
+                    "strategy": config.granularity,
+                    "group_size": config.group_size,
+                    "dynamic": False,
+                    "actorder": None,
+                    "block_structure": None,
+                    "observer": "minmax",
+                    "scale_dtype": f"torch.{str(SCALE_TORCH_DTYPES[config.scale_dtype]).split('.')[-1]}",
+                },
+                "input_activations": None,
+                "output_activations": None,
+            }
+        },
+        "ignore": list(skipped),
+        "kv_cache_scheme": None,
+    }

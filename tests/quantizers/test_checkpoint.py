@@ -1,0 +1,124 @@
+"""Checkpoint writing is atomic; reading refuses foreign, newer or damaged checkpoints by name."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import quantkit
+from quantkit.errors import ConfigError, InputError, OutputExistsError
+from quantkit.modelio import build_model
+from quantkit.quantizers import checkpoint
+from quantkit.quantizers.checkpoint import atomic_output_dir, load_quantized, save_quantized
+
+CONFIG = quantkit.QuantConfig(method="int8")
+
+
+@pytest.fixture
+def quantized(tiny_model):
+    model = build_model(tiny_model("llama"))
+    quantkit.quantize(model, CONFIG, progress=False)
+    return model
+
+
+@pytest.fixture
+def saved(quantized, tmp_path):
+    return save_quantized(quantized, tmp_path / "q", CONFIG)
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_existing_output_refused_then_replaced_with_force(quantized, tmp_path):
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(OutputExistsError, match=r"^'.*/q' exists; pass --force to replace it$"):
+        save_quantized(quantized, out, CONFIG)
+    assert (out / "keep.txt").read_text() == "old"
+    save_quantized(quantized, out, CONFIG, force=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert _leftovers(tmp_path) == []
+
+
+def test_failure_mid_write_leaves_nothing(quantized, tmp_path, monkeypatch):
+    def broken(state, folder, max_shard_bytes):
+        (folder / "model-00001-of-00002.safetensors").write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint, "write_shards", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_quantized(quantized, tmp_path / "q", CONFIG)
+    assert not (tmp_path / "q").exists() and _leftovers(tmp_path) == []
+
+    # With --force, the old output survives a failed replacement untouched.
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_quantized(quantized, tmp_path / "q", CONFIG, force=True)
+    assert (tmp_path / "q" / "old.txt").read_text() == "old" and _leftovers(tmp_path) == []
+
+
+def test_atomic_output_dir_on_keyboard_interrupt(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output_dir(tmp_path / "x") as tmp:
+            (tmp / "a").write_text("a")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def _edit_config(folder, fn):
+    cfg = json.loads((folder / "config.json").read_text())
+    fn(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_load_refuses_unquantized_and_foreign(saved, tiny_model):
+    with pytest.raises(ConfigError, match=r"has no quantization_config: not a quantized checkpoint"):
+        load_quantized(tiny_model("llama"))
+    _edit_config(saved, lambda c: c["quantization_config"].pop("quantkit"))
+    with pytest.raises(ConfigError, match=r"quantization_config \(quant_method 'compressed-tensors'\) was not "
+                                          r"written by quantkit"):
+        load_quantized(saved)
+
+
+def test_load_refuses_newer_format(saved):
+    _edit_config(saved, lambda c: c["quantization_config"]["quantkit"].update(version=2))
+    with pytest.raises(ConfigError, match=r"quantkit checkpoint format version 2, this quantkit reads version 1"):
+        load_quantized(saved)
+
+
+def test_load_names_mismatched_tensors(saved):
+    path = saved / "model.safetensors"
+    state = load_file(str(path))
+    name = "model.layers.2.self_attn.o_proj"
+    good = dict(state)
+    state[f"{name}.weight"] = state[f"{name}.weight"].to(torch.bfloat16)
+    save_file(state, str(path))
+    with pytest.raises(InputError, match=rf"tensor '{name}.weight' in .* is torch.bfloat16, the model needs torch.int8"):
+        load_quantized(saved)
+    state = dict(good)
+    del state[f"{name}.weight_scale"]
+    save_file(state, str(path))
+    with pytest.raises(InputError, match=rf"lacks tensor '{name}.weight_scale'"):
+        load_quantized(saved)
+    state = dict(good)
+    state[f"{name}.weight_scale"] = torch.ones(64, 2, dtype=torch.bfloat16)
+    save_file(state, str(path))
+    with pytest.raises(InputError, match=rf"tensor '{name}.weight_scale' .* has shape \(64, 2\), .* needs \(64, 1\)"):
+        load_quantized(saved)
+
+
+def test_load_truncated_checkpoint_names_tensor(saved):
+    path = saved / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(InputError, match=r"model.safetensors is truncated: tensor '[\w.]+' needs bytes"):
+        load_quantized(saved)
+
+
+def test_load_unknown_quantized_module(saved):
+    _edit_config(saved, lambda c: c["quantization_config"]["quantkit"]["quantized_modules"].append("model.nope"))
+    with pytest.raises(InputError, match=r"quantized module 'model.nope' does not exist"):
+        load_quantized(saved)
