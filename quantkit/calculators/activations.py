@@ -26,7 +26,7 @@ TRAIN_BYTES_PER_PARAM = 16  # mixed-precision Adam
 TRAIN_ACT_BYTES_PER_TOKEN_LAYER_HIDDEN = 34  # Korthikanti et al. 2022, with flash attention
 
 
-def _inter_per_token(spec: ModelSpec) -> int:
+def inter_per_token(spec: ModelSpec) -> int:
     dense = spec.intermediate_size
     if not spec.is_moe:
         return dense
@@ -38,7 +38,7 @@ def _inter_per_token(spec: ModelSpec) -> int:
 def prefill_activation_bytes(spec: ModelSpec, tokens: int, act_bytes: int = 2, tp: int = 1) -> int:
     """Peak transient activation bytes of one forward pass over ``tokens`` tokens (all sequences)."""
     h = spec.hidden_size
-    inter = _inter_per_token(spec)
+    inter = inter_per_token(spec)
     mlp_mult = 3 if spec.mlp_kind == "gated" else 2
     mlp = 2 * h + ceil_div(mlp_mult * inter, tp)
     if spec.mla:

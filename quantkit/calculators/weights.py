@@ -103,13 +103,14 @@ def checkpoint_bytes(
     # routed experts: one token at batch 1 reads experts_per_token of num_experts
     routed = sum(1 for lin in linears(spec) if not lin.active)
     if routed:
-        routed_bytes = _routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes)
+        routed_bytes = routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes)
         active += routed_bytes * spec.experts_per_token // spec.num_experts
     active += other * base_bytes
     return WeightBytes(total, active, quantized, scales, params.total - quantized, tuple(skipped))
 
 
-def _routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes) -> int:
+def routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes) -> int:
+    """Bytes of all routed experts (MoE) at ``dtype``; a token at batch 1 reads top-k of them."""
     bits = DTYPE_BITS[dtype]
     out = 0
     for lin in linears(spec):

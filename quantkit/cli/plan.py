@@ -1,0 +1,77 @@
+"""``quantkit plan``: thin command over ``quantkit.plan`` (no torch import)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from quantkit.cli import handle_errors
+from quantkit.plan.export import FORMATS
+
+
+@click.command("plan")
+@click.option("--plan", "plan_file", default=None, metavar="NAME|FILE",
+              help="A plan YAML: a file, or a name in calculators/plans/ (e.g. datacenter). "
+                   "The options below override its fields.")
+@click.option("--models", default=None, help="Comma-separated model names (see 'quantkit models') or config.json paths.")
+@click.option("--gpus", default=None, help="Comma-separated GPU names (see 'quantkit gpus').")
+@click.option("--dtypes", default=None, help="Comma-separated weight dtypes: fp32, fp16, bf16, fp8, int8, int4 [default: bf16,int8,int4].")
+@click.option("--contexts", default=None, help="Comma-separated tokens per sequence [default: 4096].")
+@click.option("--batches", default=None, help="Comma-separated batch sizes (sequences) [default: 1].")
+@click.option("--kv-dtype", default=None, help="KV-cache dtype: bf16, fp16, fp8, int8, fp32 [default: bf16].")
+@click.option("--block-size", default=None, type=int, help="Round KV to paged blocks of N tokens (vLLM: 16) [default: off].")
+@click.option("--prefill-chunk", default=None, type=int, help="Tokens per sequence in one prefill pass [default: 2048].")
+@click.option("--group-size", default=None, type=int, help="Quantization group size [default: per channel for int8/fp8, 128 for int4].")
+@click.option("--gpu-util", default=None, type=float, help="Fraction of GPU memory usable (vLLM: 0.9) [default: 1.0].")
+@click.option("--overhead-bytes", default=None, type=int, help="Runtime overhead per GPU in bytes [default: 512 MiB].")
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Write to FILE (.xlsx, .csv or .json).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Output format [default: from --out's suffix; a table on stdout without --out].")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@handle_errors
+def plan_command(plan_file, models, gpus, dtypes, contexts, batches, kv_dtype, block_size, prefill_chunk,
+                 group_size, gpu_util, overhead_bytes, out, fmt, force):
+    """Capacity plan over models x GPUs x dtypes x contexts x batches.
+
+    Each row: weights, KV cache, activations, logits, overhead and total on one GPU (bytes), whether
+    it fits, the GPUs needed (smallest valid tensor-parallel degree), and on those GPUs the memory
+    per GPU, the largest batch and the decode tokens/s bound -- the numbers 'quantkit estimate'
+    gives. The .xlsx has live formulas (edit an input, a GPU's memory or a row's context and
+    the plan follows) plus cached values; .csv and .json carry the same numbers as raw bytes.
+    """
+    from quantkit.plan.definition import build_plan, read_plan_file
+    from quantkit.plan.export import format_for, render_text, write_plan
+    from quantkit.plan.rows import build_rows
+
+    fmt = format_for(out, fmt)
+    path = Path(out).expanduser() if out else None
+    if path is not None:
+        from quantkit.plan.export import check_writable
+
+        check_writable(path, force)  # fail before computing anything
+    raw = dict(read_plan_file(plan_file)) if plan_file else {}
+    given = {"models": models, "gpus": gpus, "dtypes": dtypes, "contexts": contexts, "batches": batches,
+             "kv_dtype": kv_dtype, "block_size": block_size, "prefill_chunk": prefill_chunk,
+             "group_size": group_size, "gpu_util": gpu_util, "overhead_bytes": overhead_bytes}
+    raw.update({k: v for k, v in given.items() if v is not None})
+    plan = build_plan(raw)
+    rows = build_rows(plan, progress=_progress(plan.num_rows))
+    if path is None:
+        click.echo(render_text(plan, rows, fmt), nl=False)
+        return
+    command = "quantkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_plan(plan, rows, path, fmt, force, command)
+    click.echo(f"wrote {plan.num_rows:,} rows to {path}", err=True)
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    def wrap(it):
+        return tqdm(it, total=total, desc="plan rows", unit="row", file=sys.stderr, disable=None,
+                    leave=False)
+
+    return wrap

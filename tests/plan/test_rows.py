@@ -1,0 +1,123 @@
+"""Plan rows come from quantkit's calculators; the quantities the workbook's formulas rely on hold.
+
+The workbook computes the largest batch in closed form and the weights from parameter and scale
+counts; these tests prove, over the catalogue, that both equal the calculators' own results.
+"""
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from quantkit.calculators.estimate import estimate
+from quantkit.calculators.kv_cache import kv_cache
+from quantkit.calculators.fit import MAX_BATCH, fit, usable_bytes
+from quantkit.calculators.memory import Setup, kv_heads_per_gpu, memory
+from quantkit.calculators.weights import DEFAULT_GROUP, DTYPE_BITS, QUANTIZED, routed_bytes, checkpoint_bytes
+from quantkit.catalogue import find_model_card, get_gpu, model_names
+from quantkit.errors import ConfigError
+from quantkit.plan.definition import build_plan
+from quantkit.plan.rows import build_rows, valid_tp_degrees, weight_data
+from quantkit.spec import ModelSpec, ceil_div
+
+MODELS = ("llama2-7b", "llama2-13b", "llama2-70b", "mixtral-8x7b", "deepseek-v2-lite", "gemma2-9b",
+          "mistral-7b", "qwen2.5-7b", "phi3-mini")
+
+
+def spec(name):
+    return ModelSpec.from_hf_config(find_model_card(name).data, name=name)
+
+
+def test_rows_are_estimates_on_one_gpu_and_on_the_gpus_needed():
+    p = build_plan({"models": "llama2-7b,llama2-70b", "gpus": "h100,a100-80gb", "dtypes": "bf16,int4",
+                    "contexts": "4096,32768", "batches": "1,32", "gpu_util": 0.9, "block_size": 16})
+    rows = build_rows(p)
+    assert len(rows) == p.num_rows == 32
+    seen_multi = False
+    for row in rows:
+        s, g = spec(row["model"]), get_gpu(row["gpu"])
+        kw = dict(dtype=row["dtype"], batch=row["batch"], context=row["context"], gpu=g, gpu_util=0.9,
+                  block_size=16)
+        e1 = estimate(s, **kw)
+        assert row["total_bytes"] == e1.total_bytes and row["fits"] == e1.fits
+        assert row["min_gpus"] == e1.min_gpus
+        if e1.min_gpus is None:
+            assert row["per_gpu_bytes"] is row["max_batch"] is row["decode_tokens_per_s_bound"] is None
+            continue
+        en = estimate(s, num_gpus=e1.min_gpus, **kw)
+        seen_multi |= e1.min_gpus > 1
+        assert en.fits and row["per_gpu_bytes"] == en.per_gpu_bytes
+        assert (row["max_batch"], row["decode_tokens_per_s_bound"]) == (en.max_batch, en.decode_tokens_per_s_bound)
+    assert seen_multi  # llama2-70b bf16 needs several GPUs
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_largest_batch_closed_form_equals_fit(name):
+    """Memory is affine in batch, so floor((usable - fixed) / per sequence) is fit.max_batch."""
+    s = spec(name)
+    gpu = get_gpu("h100")
+    checked = 0
+    for dtype, context, block, tp in itertools.product(("bf16", "int4"), (1000, 4096, 32768), (None, 16),
+                                                       valid_tp_degrees(s)[:4]):
+        setup = Setup(dtype=dtype, context=context, block_size=block, group_size=DEFAULT_GROUP.get(dtype))
+        m1, m2 = memory(s, setup, tp), memory(s, replace(setup, batch=2), tp)
+        per_seq = m2.total - m1.total
+        fixed = m1.total - per_seq
+        assert fixed == m1.weights + m1.overhead  # weights and overhead do not grow with the batch
+        usable = usable_bytes(gpu, 0.9)
+        closed = max(0, min(MAX_BATCH, (usable - fixed) // per_seq))
+        assert fit(s, setup, gpu, tp, 0.9).max_batch == closed, (dtype, context, block, tp)
+        # per sequence as the Plan sheet adds it up: KV x share + activations + logits
+        kv_seq = kv_cache(s, 1, context, 2, block).total * kv_heads_per_gpu(s, tp)
+        assert per_seq == kv_seq + m1.activations + m1.logits
+        checked += 1
+    assert checked >= 8
+
+
+def test_valid_tp_degrees_are_what_min_gpus_searches():
+    for name in model_names():
+        s = spec(name)
+        tps = valid_tp_degrees(s)
+        assert tps[0] == 1 and all(s.num_heads % n == 0 for n in tps)
+        assert max(tps) <= s.num_heads  # fit.min_gpus never finds a larger valid degree
+    assert valid_tp_degrees(spec("qwen2.5-7b")) == [1, 2, 4, 28]  # 28 heads, 4 KV heads
+    assert valid_tp_degrees(spec("llama2-13b")) == [1, 2, 4, 5, 8, 10, 20, 40]
+
+
+@pytest.mark.parametrize("name", [*MODELS, "deepseek-v3", "mixtral-8x22b", "qwen2.5-0.5b", "gemma2-2b"])
+def test_weight_counts_give_checkpoint_bytes(name):
+    """The Weights sheet's formulas, in Python, over its counts = weights.checkpoint_bytes."""
+    s = spec(name)
+    for dtype in DTYPE_BITS:
+        for group in ({None, DEFAULT_GROUP.get(dtype), 64} if dtype in QUANTIZED else {None}):
+            w = weight_data(s, dtype, group, ("lm_head",))
+            cb = checkpoint_bytes(s, dtype, w.group_size, ("lm_head",))
+            bits = DTYPE_BITS[dtype]
+            if dtype in QUANTIZED:
+                total = ceil_div(w.quantized_params * bits, 8) + 2 * w.scales + 2 * w.kept_params
+                routed = w.routed_bytes(bits, 2, 2)
+                assert routed == routed_bytes(s, dtype, w.group_size, ("lm_head",), 2, 2)
+                active = total - routed - 2 * w.routed_bias_params + (
+                    routed * w.experts_per_token // w.experts if w.experts else 0)
+            else:
+                total, active = w.total_params * bits // 8, w.active_params * bits // 8
+            assert (total, active) == (cb.total, cb.active), (dtype, group)
+
+
+def test_skip_patterns_move_weights_to_kept():
+    s = spec("mixtral-8x7b")
+    plain = weight_data(s, "int8", None, ("lm_head",))
+    skipped = weight_data(s, "int8", None, ("lm_head", "*.experts.0.*"))
+    assert skipped.routed_kept_params > 0 and skipped.quantized_params < plain.quantized_params
+    cb = checkpoint_bytes(s, "int8", None, ("lm_head", "*.experts.0.*"))
+    assert cb.total == skipped.quantized_params + 2 * skipped.scales + 2 * skipped.kept_params
+
+
+def test_int4_odd_layer_is_refused_not_mispacked():
+    from tests.calculators.tiny_configs import TINY
+
+    odd = ModelSpec.from_hf_config({**TINY["llama-gqa-untied"], "hidden_size": 63, "intermediate_size": 33,
+                                    "num_attention_heads": 7, "num_key_value_heads": 7, "head_dim": 9})
+    weight_data(odd, "int8", None, ("lm_head",))  # whole bytes at 8 bits: fine
+    with pytest.raises(ConfigError, match="odd number of weights; int4 packing"):
+        weight_data(odd, "int4", None, ("lm_head",))
