@@ -101,10 +101,9 @@ def checkpoint_bytes(
     other = params.total - linear_params  # embeddings, norms, routers
     total += other * base_bytes
     # routed experts: one token at batch 1 reads experts_per_token of num_experts
-    routed = sum(1 for lin in linears(spec) if not lin.active)
-    if routed:
-        routed_bytes = routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes)
-        active += routed_bytes * spec.experts_per_token // spec.num_experts
+    if spec.is_moe:
+        routed = routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes)
+        active += routed * spec.experts_per_token // spec.num_experts
     active += other * base_bytes
     return WeightBytes(total, active, quantized, scales, params.total - quantized, tuple(skipped))
 
