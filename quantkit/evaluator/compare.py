@@ -1,0 +1,218 @@
+"""``run_eval``: the one library call behind ``quantkit eval``. Returns the stable JSON as a dict.
+
+JSON (bytes as ints, rates in tokens/s, times in ms)::
+
+    {"model", "device", "device_name", "base",
+     "protocol": {"name", "ctx", "stride", "tokens", "windows", "predictions", "text", "bos"} | null,
+     "results": [{"variant", "description", "compute_dtype", "weights_bytes",
+                  "perplexity", "nll", "tokens", "kl_vs_base", "top1_agreement",
+                  # with --speed (null when skipped), at the first --batch:
+                  "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms",
+                  "peak_allocated_bytes", "peak_reserved_bytes", "estimated_bytes",
+                  "decode_bound_tokens_per_s", "fraction_of_bound",
+                  "speed_by_batch": [SpeedResult.to_dict(), ...]}],
+     "speed": {"batches", "prompt_len", "new_tokens", "graphs", "gpu", "skipped"} | null,
+     "notes": [...], "environment": {...}}
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from quantkit.errors import DependencyError, OutOfMemoryError
+from quantkit.evaluator.options import EvalOptions
+
+SPEED_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_allocated_bytes",
+              "peak_reserved_bytes", "estimated_bytes", "decode_bound_tokens_per_s",
+              "fraction_of_bound")
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DependencyError(f"--device cuda: no CUDA device is visible (torch {torch.__version__})")
+    return torch.device(name)
+
+
+def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
+    """Perplexity and/or speed of every ``opts.compare`` variant of ``model``."""
+    from quantkit.evaluator.text import load_text
+    from quantkit.evaluator.variants import base_name, build_variants, parse_compare
+    from quantkit.modelio import read_config, resolve_model_dir
+
+    # Everything a user can get wrong is checked before a model is loaded.
+    opts.validate()
+    specs = parse_compare(opts.compare)
+    model_dir = resolve_model_dir(model)
+    cfg = read_config(model_dir)
+    source = load_text(opts.ppl) if opts.ppl is not None else None
+
+    import torch
+
+    from quantkit.evaluator.model import DecoderArgs
+    from quantkit.evaluator.text import tokenize
+
+    DecoderArgs.from_hf_config(cfg)  # ConfigError: unsupported architecture or bad field
+
+    device = resolve_device(opts.device)
+    notes: list[str] = []
+    tokens = None
+    if source is not None:
+        tokens = tokenize(model_dir, source.text, cfg.get("bos_token_id"))
+        if opts.max_tokens is not None:
+            tokens = tokens[:opts.max_tokens]
+    gpu = _gpu_spec(opts, device, notes) if opts.speed else None
+    try:
+        variants = build_variants(model_dir, specs, device, progress=opts.progress,
+                                  keep_on_cpu=opts.device_map is not None)
+    except torch.cuda.OutOfMemoryError:
+        raise OutOfMemoryError(_load_oom_message(cfg, specs, device)) from None
+    base = base_name(specs)
+    out: dict[str, Any] = {
+        "model": str(model), "device": str(device), "device_name": _device_name(device),
+        "base": base, "protocol": None, "results": [], "speed": None, "notes": notes,
+        "environment": _environment(),
+    }
+    rows = {v.spec.name: _row(v) for v in variants}
+    if tokens is not None:
+        out["protocol"] = _perplexity(variants, tokens, opts, base, device, rows, notes)
+        out["protocol"].update(text=source.name, bos=cfg.get("bos_token_id") is not None)
+    if opts.speed:
+        out["speed"] = _speed(variants, opts, device, gpu, rows, notes)
+    out["results"] = list(rows.values())
+    return out
+
+
+def _row(v) -> dict[str, Any]:
+    return {"variant": v.spec.name, "description": v.description,
+            "compute_dtype": str(v.compute_dtype).replace("torch.", ""),
+            "weights_bytes": v.weights_bytes, "perplexity": None, "nll": None,
+            "tokens": None, "kl_vs_base": None, "top1_agreement": None}
+
+
+def _perplexity(variants, tokens, opts: EvalOptions, base, device, rows, notes) -> dict:
+    from dataclasses import asdict
+
+    import torch
+
+    from quantkit.evaluator.loader import dispatch_auto, first_device
+    from quantkit.evaluator.perplexity import evaluate
+
+    models = {}
+    for v in variants:
+        if opts.device_map:
+            v.runner = dispatch_auto(v.runner)
+        models[v.spec.name] = v.runner
+    if opts.device_map:
+        notes.append("perplexity: models split over the visible GPUs with accelerate "
+                     "device_map='auto' (perplexity only)")
+    in_device = first_device(variants[0].runner) if opts.device_map else device
+    try:
+        protocol, results = evaluate(models, tokens, ctx=opts.ctx, stride=opts.stride, base=base,
+                                     device=in_device, progress=opts.progress)
+    except torch.cuda.OutOfMemoryError:
+        raise OutOfMemoryError(
+            f"CUDA out of memory in the perplexity forward of {len(models)} model(s) over "
+            f"{opts.ctx}-token windows: use a smaller --ctx, compare fewer variants at once, or "
+            f"--device-map auto to split the models over several GPUs") from None
+    for r in results:
+        d = r.to_dict()
+        d.pop("variant")
+        rows[r.variant].update(d)
+    p = asdict(protocol)
+    p["name"] = protocol.name
+    return p
+
+
+def _speed(variants, opts: EvalOptions, device, gpu, rows, notes) -> dict:
+    info = {"batches": list(opts.batches), "prompt_len": opts.prompt_len,
+            "new_tokens": opts.new_tokens, "graphs": opts.graphs,
+            "gpu": gpu.name if gpu is not None else None, "skipped": None}
+    if device.type != "cuda":
+        info["skipped"] = ("no CUDA device: prefill/decode speed, TTFT and peak GPU memory are "
+                           "GPU-only measurements and were skipped")
+        notes.append(f"speed: {info['skipped']}")
+        for row in rows.values():
+            row.update({k: None for k in SPEED_KEYS}, speed_by_batch=[])
+        return info
+    import torch
+
+    from quantkit.evaluator.speed import measure_speed
+
+    for v in variants:  # one variant on the GPU at a time, so its peak memory is its own
+        v.runner.to("cpu")
+    torch.cuda.empty_cache()
+    for v in variants:
+        v.runner.to(device)
+        per_batch = []
+        for b in opts.batches:
+            r = measure_speed(v.runner, b, opts.prompt_len, opts.new_tokens, graphs=opts.graphs,
+                              est_dtype=v.est_dtype, group_size=v.group_size, gpu=gpu)
+            if r.error:
+                notes.append(f"speed {v.spec.name} batch {b}: {r.error}")
+            per_batch.append(r.to_dict())
+        first = per_batch[0]
+        rows[v.spec.name].update({k: first[k] for k in SPEED_KEYS}, speed_by_batch=per_batch)
+        v.runner.to("cpu")
+        torch.cuda.empty_cache()
+    return info
+
+
+def _gpu_spec(opts: EvalOptions, device, notes):
+    from quantkit.catalogue import get_gpu
+    from quantkit.errors import UnknownNameError
+
+    if opts.gpu is not None:
+        return get_gpu(opts.gpu)  # an unknown name given by the user is an error
+    if device.type != "cuda":
+        return None
+    name = _device_name(device)
+    for candidate in (name, name.removeprefix("NVIDIA ")):
+        try:
+            return get_gpu(candidate)
+        except UnknownNameError:
+            continue
+    notes.append(f"GPU {name!r} is not in the catalogue ('quantkit gpus'): no roofline bound; "
+                 f"pass --gpu NAME")
+    return None
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _load_oom_message(cfg, specs, device) -> str:
+    from quantkit.calculators.estimate import estimate
+    from quantkit.spec import ModelSpec
+
+    import torch
+
+    spec = ModelSpec.from_hf_config(cfg)
+    free, total = torch.cuda.mem_get_info(device)
+    need = sum(estimate(spec, dtype="int8" if s.kind != "float" else s.dtype, batch=1,
+                        context=1).weights_bytes for s in specs)
+    return (f"CUDA out of memory while loading {', '.join(s.name for s in specs)}: quantkit "
+            f"estimate puts their weights at {need / 1e9:.2f} GB together, the GPU has "
+            f"{total / 1e9:.2f} GB; compare fewer variants, or use --device-map auto to split "
+            f"them over several GPUs (perplexity only)")
+
+
+def _environment() -> dict[str, str]:
+    import sys
+    from importlib.metadata import version
+
+    import torch
+
+    from quantkit import __version__
+
+    return {"quantkit": __version__, "torch": torch.__version__,
+            "transformers": version("transformers"), "python": sys.version.split()[0],
+            "command": " ".join(sys.argv)}
