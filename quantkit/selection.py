@@ -5,11 +5,14 @@ The quantizer (module swap) and the estimator (quantized checkpoint bytes) both 
 
 A pattern matches a module's fully qualified name (``model.layers.0.self_attn.q_proj``) when it is
 equal to it, equal to its last component (``lm_head``), or matches it as an ``fnmatch`` glob
-(``*.mlp.*``, ``model.layers.0.*``). Patterns are never substring matches.
+(``*.mlp.*``, ``model.layers.0.*``), or, for a pattern starting with ``re:`` (compressed-tensors'
+convention), when the regular expression after it matches the start of the name.
+Patterns are never substring matches.
 """
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 from typing import Iterable
 
@@ -22,6 +25,10 @@ def is_skipped(name: str, patterns: Iterable[str]) -> bool:
     """True if module ``name`` matches any of ``patterns`` (exact, last component, or glob)."""
     last = name.rsplit(".", 1)[-1]
     for pattern in patterns:
+        if pattern.startswith("re:"):
+            if re.match(pattern[3:], name):
+                return True
+            continue
         if pattern == name or pattern == last or fnmatchcase(name, pattern):
             return True
     return False

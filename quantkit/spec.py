@@ -96,6 +96,8 @@ class ModelSpec:
     qk_rope_head_dim: int = 0  # qk_rope_head_dim
     qk_nope_head_dim: int = 0  # qk_nope_head_dim
     v_head_dim: int = 0  # v_head_dim
+    # Pre-quantized checkpoints: what config.json's quantization_config says (None: not quantized)
+    quantization: "QuantInfo | None" = None
     source: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # ---- derived -------------------------------------------------------------------------
@@ -182,7 +184,7 @@ class ModelSpec:
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
-            max_context=_opt_int(cfg, "max_position_embeddings") or 2048,
+            max_context=_req(cfg, "max_position_embeddings"),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", model_type.startswith("gemma"))),
             qkv_bias=attn_bias,
             o_bias=attn_bias and fam.get("o_bias", True),
@@ -195,9 +197,62 @@ class ModelSpec:
             torch_dtype=str(dtype) if dtype else None,
             sliding_window=sliding,
             layer_types=layer_types,
+            quantization=_quant_info(cfg.get("quantization_config")),
             source=dict(cfg.get("_quantkit", {})),
             **kw,
         )
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """A checkpoint's own quantization_config, read for the default ``--dtype`` of an estimate.
+
+    ``dtype`` is None when quantkit does not understand ``method`` (the estimate then asks for
+    ``--dtype``). ``skip`` holds the modules the checkpoint keeps unquantized (patterns as in
+    ``quantkit.selection``; compressed-tensors' ``re:`` regexes included).
+    """
+
+    method: str
+    dtype: str | None
+    group_size: int | None = None
+    skip: tuple[str, ...] = ("lm_head",)
+    scale_bytes: int = 2
+
+
+_SCALE_BYTES = {"torch.float32": 4, "float32": 4, "torch.float16": 2, "float16": 2,
+                "torch.bfloat16": 2, "bfloat16": 2}
+
+
+def _quant_info(qc: Any) -> QuantInfo | None:
+    if not qc:
+        return None
+    if not isinstance(qc, Mapping):
+        raise ConfigError("config.json field 'quantization_config' must be a JSON object")
+    method = str(qc.get("quant_method", "unknown"))
+    if method == "compressed-tensors":
+        groups = list((qc.get("config_groups") or {}).values())
+        weights = groups[0].get("weights") if groups and isinstance(groups[0], Mapping) else None
+        if not weights:
+            return QuantInfo(method, None)
+        bits, kind = weights.get("num_bits"), weights.get("type", "int")
+        dtype = {(8, "int"): "int8", (4, "int"): "int4", (8, "float"): "fp8"}.get((bits, kind))
+        group = weights.get("group_size") if weights.get("strategy") == "group" else None
+        skip = tuple(qc.get("ignore") or ())
+        scale = _SCALE_BYTES.get(str(weights.get("scale_dtype")), 2)
+        return QuantInfo(method, dtype, group, skip, scale)
+    if method == "fp8":  # DeepSeek-V3 style; block scales are counted as per-channel scales
+        return QuantInfo(method, "fp8", None, tuple(qc.get("modules_to_not_convert") or ("lm_head",)), 4)
+    if method in ("gptq", "awq"):
+        bits = qc.get("bits", qc.get("w_bit"))
+        group = qc.get("group_size", qc.get("q_group_size"))
+        dtype = {8: "int8", 4: "int4"}.get(bits)
+        return QuantInfo(method, dtype, group if isinstance(group, int) and group > 0 else None)
+    if method == "bitsandbytes":
+        if qc.get("load_in_8bit"):
+            return QuantInfo(method, "int8", None, tuple(qc.get("llm_int8_skip_modules") or ("lm_head",)), 4)
+        if qc.get("load_in_4bit"):
+            return QuantInfo(method, "int4", 64, tuple(qc.get("llm_int8_skip_modules") or ("lm_head",)), 4)
+    return QuantInfo(method, None)
 
 
 def _moe_fields(cfg: Mapping[str, Any], model_type: str, layers: int) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Activation, logits, runtime-overhead and training memory: simple, documented models.
 
-Inference (flash attention, so no context x context score matrix is kept): the peak inside one
-decoder layer during a prefill forward pass of ``tokens`` tokens is the larger of
+Inference (flash attention, so no context x context score matrix is kept): one prefill forward
+pass holds min(batch x context, prefill_chunk) tokens; the peak inside one decoder layer is the
+larger of
   MLP:       2 x hidden (residual + normed input) + 3 x intermediate (gate, up, act(gate)*up)
   attention: 2 x hidden + q + k + v + attention output
 elements per token, at the activation dtype. MoE layers count top-k experts' intermediate plus
@@ -21,7 +22,8 @@ from __future__ import annotations
 from quantkit.spec import ModelSpec, ceil_div
 
 DEFAULT_OVERHEAD_BYTES = 512 * 2**20  # 512 MiB per GPU: CUDA context + cuBLAS workspace
-DEFAULT_PREFILL_CHUNK = 2048  # tokens per sequence in one forward pass (chunked prefill)
+DEFAULT_PREFILL_CHUNK = 8192  # tokens of all sequences in one prefill forward pass (chunked
+# prefill; vLLM's max_num_batched_tokens is of this order). HF generate prefills batch x prompt.
 TRAIN_BYTES_PER_PARAM = 16  # mixed-precision Adam
 TRAIN_ACT_BYTES_PER_TOKEN_LAYER_HIDDEN = 34  # Korthikanti et al. 2022, with flash attention
 

@@ -30,7 +30,7 @@ class Memory:
 
 @dataclass(frozen=True)
 class Setup:
-    """Everything but the model that decides the memory. Defaults are the CLI's defaults."""
+    """Everything but the model that decides the memory (``estimate`` fills every field)."""
 
     dtype: str = "bf16"
     kv_dtype_bytes: int = 2
@@ -42,6 +42,7 @@ class Setup:
     skip: tuple[str, ...] = DEFAULT_SKIP
     overhead_bytes: int = act.DEFAULT_OVERHEAD_BYTES
     train: bool = False
+    scale_bytes: int = 2  # bytes per quantization scale
 
 
 def kv_heads_per_gpu(spec: ModelSpec, tp: int) -> float:
@@ -67,16 +68,17 @@ def memory(spec: ModelSpec, s: Setup, tp: int = 1) -> Memory:
     if s.train:
         params = count_params(spec).total
         return Memory(
-            weights=ceil_div(params * 2, tp),
+            weights=ceil_div(params * 2, tp),  # bf16/fp16 weights
             kv_cache=0,
             activations=ceil_div(act.training_activation_bytes(spec, s.batch, s.context), tp),
             logits=s.batch * s.context * spec.vocab_size * 4,
             overhead=s.overhead_bytes,
             optimizer=ceil_div(act.training_bytes(params) - params * 2, tp),
         )
-    weights = checkpoint_bytes(spec, s.dtype, s.group_size, s.skip).total
+    weights = checkpoint_bytes(spec, s.dtype, s.group_size, s.skip, s.scale_bytes).total
     kv = kv_cache(spec, s.batch, s.context, s.kv_dtype_bytes, s.block_size).total
-    tokens = s.batch * min(s.context, s.prefill_chunk)
+    # one prefill forward pass holds at most prefill_chunk tokens of all sequences together
+    tokens = min(s.batch * s.context, s.prefill_chunk)
     return Memory(
         weights=ceil_div(weights, tp),
         kv_cache=int(kv * kv_heads_per_gpu(spec, tp)),

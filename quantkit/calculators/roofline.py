@@ -44,7 +44,7 @@ def _attention_flops(spec: ModelSpec, batch: int, context: int) -> int:
 
 
 def roofline(spec: ModelSpec, s: Setup, gpu: GpuSpec, tp: int = 1) -> Roofline:
-    weights = checkpoint_bytes(spec, s.dtype, s.group_size, s.skip).active / tp
+    weights = checkpoint_bytes(spec, s.dtype, s.group_size, s.skip, s.scale_bytes).active / tp
     kv = kv_cache(spec, s.batch, s.context, s.kv_dtype_bytes, s.block_size).total
     kv = kv * kv_heads_per_gpu(spec, tp)
     step_bytes = weights + kv

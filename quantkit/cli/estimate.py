@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import inspect
+
 import click
 
+from quantkit.calculators.estimate import estimate
 from quantkit.cli import handle_errors
-from quantkit.export.render import FORMATS, Column, flatten, render_csv, render_json, render_kv, render_table
-from quantkit.calculators.activations import DEFAULT_OVERHEAD_BYTES, DEFAULT_PREFILL_CHUNK
-from quantkit.calculators.weights import DTYPE_BITS, checkpoint_bytes, DEFAULT_GROUP
 from quantkit.calculators.kv_cache import KV_DTYPE_BYTES
+from quantkit.calculators.weights import DTYPE_BITS
+from quantkit.export.render import FORMATS, Column, flatten, render_csv, render_json, render_kv, render_table
+
+
+_DEFAULTS = {k: v.default for k, v in inspect.signature(estimate).parameters.items()}
+
+
+def _d(name: str) -> str:
+    return f" [default: {_DEFAULTS[name]}]"
 
 
 @click.command("estimate")
 @click.argument("model")
-@click.option("--dtype", default=None, help=f"Weights dtype: {', '.join(DTYPE_BITS)} [default: fp16 if the config says float16, else bf16].")
-@click.option("--kv-dtype", default="bf16", show_default=True, help=f"KV-cache dtype: {', '.join(KV_DTYPE_BYTES)}.")
-@click.option("--batch", default=1, show_default=True, type=int, help="Sequences decoded together.")
+@click.option("--dtype", default=None, help=f"Weights dtype: {', '.join(DTYPE_BITS)} [default: the checkpoint's "
+              "quantization_config, else fp16 if its torch_dtype is float16, else bf16].")
+@click.option("--kv-dtype", default=None, help=f"KV-cache dtype: {', '.join(KV_DTYPE_BYTES)}." + _d("kv_dtype"))
+@click.option("--batch", default=None, type=int, help="Sequences decoded together." + _d("batch"))
 @click.option("--context", default=None, type=int, help="Tokens held per sequence [default: the model's max context].")
 @click.option("--gpu", default=None, help="GPU name (see 'quantkit gpus'): adds fit, limits and speed bounds.")
-@click.option("--num-gpus", default=1, show_default=True, type=int, help="GPUs, tensor parallel.")
+@click.option("--num-gpus", default=None, type=int, help="GPUs, tensor parallel (must divide the heads)." + _d("num_gpus"))
 @click.option("--block-size", default=None, type=int, help="Round KV to paged blocks of N tokens (vLLM: 16) [default: off].")
 @click.option("--group-size", default=None, type=int, help="Quantization group size [default: per channel for int8/fp8, 128 for int4].")
-@click.option("--prefill-chunk", default=DEFAULT_PREFILL_CHUNK, show_default=True, type=int,
-              help="Tokens per sequence in one prefill forward pass (activation peak).")
-@click.option("--gpu-util", default=1.0, show_default=True, type=float, help="Fraction of GPU memory usable (vLLM: 0.9).")
+@click.option("--prefill-chunk", default=None, type=int,
+              help="Tokens in one prefill forward pass, all sequences together (activation peak)." + _d("prefill_chunk"))
+@click.option("--gpu-util", default=None, type=float, help="Fraction of GPU memory usable (vLLM: 0.9)." + _d("gpu_util"))
 @click.option("--train", is_flag=True, help="Training memory (mixed-precision Adam) instead of inference.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @handle_errors
@@ -34,13 +44,13 @@ def estimate_command(model, dtype, kv_dtype, batch, context, gpu, num_gpus, bloc
     MODEL is a catalogue name ('quantkit models'), a config.json path or model folder, or a
     Hugging Face Hub id (needs network). Sizes are shown in GB (10^9 bytes) and GiB (2^30 bytes).
     """
-    from quantkit.calculators.estimate import estimate
     from quantkit.resolve import load_spec
 
     spec = load_spec(model)
-    est = estimate(spec, dtype=dtype, kv_dtype=kv_dtype, batch=batch, context=context, gpu=gpu,
-                   num_gpus=num_gpus, block_size=block_size, group_size=group_size,
-                   prefill_chunk=prefill_chunk, gpu_util=gpu_util, train=train)
+    given = dict(kv_dtype=kv_dtype, batch=batch, num_gpus=num_gpus, prefill_chunk=prefill_chunk,
+                 gpu_util=gpu_util)
+    est = estimate(spec, dtype=dtype, context=context, gpu=gpu, block_size=block_size,
+                   group_size=group_size, train=train, **{k: v for k, v in given.items() if v is not None})
     if fmt == "json":
         click.echo(render_json(est.to_dict()), nl=False)
     elif fmt == "csv":
@@ -68,7 +78,7 @@ def render_estimate(est) -> str:
            ("routers", p.router, "int")] if s.is_moe else []),
         ("norms", p.norms, "int"),
     ], "Parameters"))
-    rows = [{"dtype": d, "textbook": b, "checkpoint": checkpoint_bytes(s, d, DEFAULT_GROUP.get(d)).total}
+    rows = [{"dtype": d, "textbook": b, "checkpoint": est.checkpoint_bytes_by_dtype[d]}
             for d, b in est.weights_bytes_by_dtype.items()]
     sections.append("Weights (textbook = params x bytes/param; checkpoint = as stored: int8/fp8 per-channel\n"
                     "and int4 group-128 scales, lm_head and embeddings kept in bf16)\n" + render_table(rows, [
@@ -78,7 +88,7 @@ def render_estimate(est) -> str:
     g = f", group {est.group_size}" if est.group_size else ""
     kv_note = f"{est.kv_bytes_per_token:,} B/token ({est.kv_dtype})"
     mem = [
-        (f"weights ({est.dtype}{g})", est.weights_bytes, "bytes"),
+        (f"weights ({est.dtype}{g}; dtype from {est.dtype_source})", est.weights_bytes, "bytes"),
         (f"KV cache, {kv_note}", est.kv_cache_bytes, "bytes"),
     ]
     if s.mla and not est.train:

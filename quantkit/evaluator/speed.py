@@ -180,7 +180,8 @@ def _estimate(runner, dtype, group_size, batch, context, prompt_len, gpu, res: S
     from quantkit.calculators.estimate import estimate
 
     est = estimate(runner.args.spec, dtype=dtype, kv_dtype=_kv_dtype(runner), batch=batch,
-                   context=context, gpu=gpu, group_size=group_size, prefill_chunk=prompt_len)
+                   context=context, gpu=gpu, group_size=group_size,
+                   prefill_chunk=batch * prompt_len)  # the runner prefills the whole batch at once
     res.estimated_bytes = est.total_bytes
     res.estimate = {k: getattr(est, k) for k in (
         "weights_bytes", "kv_cache_bytes", "activation_bytes", "logits_bytes", "overhead_bytes",

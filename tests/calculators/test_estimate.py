@@ -127,3 +127,41 @@ def test_unknown_names():
         estimate(spec("llama2-7b"), kv_dtype="fp4")
     with pytest.raises(UnknownNameError, match="unknown GPU 'h1000'; did you mean"):
         estimate(spec("llama2-7b"), gpu="h1000")
+
+
+def test_invalid_tp_degree_lists_valid_ones():
+    with pytest.raises(InputError, match=r"3 GPUs is not a valid tensor-parallel degree for llama2-70b "
+                                         r"\(64 attention heads, 8 KV heads\); valid: 1, 2, 4, 8, 16, 32, 64$"):
+        estimate(spec("llama2-70b"), gpu="h100", num_gpus=3)
+
+
+def test_train_needs_half_precision_and_rule_of_thumb_follows_weights():
+    with pytest.raises(InputError, match="--train models mixed-precision Adam with bf16 or fp16 weights, not int8"):
+        estimate(spec("llama3-8b"), train=True, dtype="int8")
+    e = estimate(spec("llama3-8b"), train=True)
+    assert e.rule_of_thumb_bytes == round(1.2 * e.weights_bytes)
+
+
+def test_group_size_only_for_quantized_dtypes():
+    with pytest.raises(InputError, match=r"a group size applies only to quantized dtypes \(fp8, int8, int4\), not to bf16"):
+        estimate(spec("llama2-7b"), dtype="bf16", group_size=64)
+
+
+def test_checkpoint_column_follows_group_size():
+    e = estimate(spec("llama2-7b"), dtype="int4", group_size=32)
+    assert e.checkpoint_bytes_by_dtype["int4"] == e.weights_bytes
+    assert e.checkpoint_bytes_by_dtype["int4"] > estimate(spec("llama2-7b"), dtype="int4").weights_bytes
+
+
+def test_prefill_chunk_bounds_the_tokens_of_one_forward_pass():
+    s = spec("llama3-8b")
+    small = estimate(s, batch=2, context=1000, prefill_chunk=8192)
+    assert small.activation_bytes == 2000 * (2 * 4096 + 3 * 14336) * 2  # all 2,000 tokens fit
+    big = estimate(s, batch=64, context=4096, prefill_chunk=8192)
+    assert big.activation_bytes == 8192 * (2 * 4096 + 3 * 14336) * 2  # capped at one chunk
+    # largest batch is set by the KV cache once the chunk is full, not by activations
+    e = estimate(s, dtype="bf16", gpu="h100", context=2048)
+    per_seq = 131_072 * 2048 + s.vocab_size * 6  # KV cache + logits of one sequence
+    full_chunk_act = big.activation_bytes
+    fixed = e.total_bytes - e.kv_cache_bytes - e.logits_bytes - e.activation_bytes + full_chunk_act
+    assert e.max_batch == (e.usable_bytes_per_gpu - fixed) // per_seq == 251

@@ -88,3 +88,65 @@ def test_malformed_config_names_field(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
     assert_one_line_error(run_quantkit("estimate", str(tmp_path)),
                           r"^Error: config.json is missing the field 'num_attention_heads'$")
+
+
+@pytest.fixture
+def fake_hub():
+    """A Hub stand-in on 127.0.0.1: serves one config.json, 403 for a gated repo, 404 otherwise."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    config = json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                         "vocab_size": 100, "max_position_embeddings": 256}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            if self.path.startswith("/org/tiny/resolve/main/config.json"):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(config)
+            else:
+                self.send_response(403 if "gated" in self.path else 404)
+                self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_OFFLINE": "0",
+           "HF_HOME": "/nonexistent-quantkit-test-cache"}
+    server.shutdown()
+
+
+def test_hub_id_fetches_config(fake_hub):
+    proc = run_quantkit("estimate", "org/tiny", "--format", "json", env=fake_hub)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["model"] == "org/tiny" and d["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 2
+
+
+@pytest.mark.parametrize("model, pattern", [
+    ("org/missing", r"^Error: no model 'org/missing' with a config.json on the Hugging Face Hub \(HTTP 404\)"),
+    ("org/gated", r"^Error: 'org/gated' on the Hugging Face Hub is gated or private \(HTTP 403\)"),
+])
+def test_hub_errors_are_precise(fake_hub, model, pattern):
+    assert_one_line_error(run_quantkit("estimate", model, env=fake_hub), pattern)
+
+
+def test_unreachable_hub_fails_with_one_line():
+    # one request, no retry loop: huggingface_hub's retries would print "Retrying in ..." lines
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_HOME": "/nonexistent-quantkit-test-cache"}
+    proc = run_quantkit("estimate", "org/model", env=env)
+    assert_one_line_error(proc, r"^Error: could not fetch config.json for 'org/model' .*no connection.*quantkit models")
+
+
+def test_offline_flag_is_honoured():
+    assert_one_line_error(run_quantkit("estimate", "org/model", env={"HF_HUB_OFFLINE": "1"}),
+                          r"HF_HUB_OFFLINE is set and it is not in the local cache")
+
+
+def test_path_like_argument_says_no_such_file():
+    assert_one_line_error(run_quantkit("estimate", "mymodel/config.json"), r"^Error: no such file or folder: mymodel/config.json$")

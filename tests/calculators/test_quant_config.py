@@ -1,0 +1,67 @@
+"""A checkpoint's own quantization_config sets the default dtype, group size, skips and scales."""
+
+import pytest
+
+from quantkit.calculators.estimate import estimate
+from quantkit.calculators.weights import checkpoint_bytes
+from quantkit.catalogue import find_model_card
+from quantkit.errors import ConfigError
+from quantkit.selection import is_skipped
+from quantkit.spec import ModelSpec
+
+from .tiny_configs import TINY
+
+
+def with_qc(qc):
+    return ModelSpec.from_hf_config({**TINY["llama-gqa-untied"], "quantization_config": qc})
+
+
+CT_GROUP = {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head", "re:.*layers\\.0\\..*"],
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                "num_bits": 4, "type": "int", "strategy": "group", "group_size": 32, "symmetric": True,
+                "scale_dtype": "torch.float32"}}}}
+
+
+def test_compressed_tensors_group_scheme():
+    s = with_qc(CT_GROUP)
+    e = estimate(s)
+    assert (e.dtype, e.group_size, e.dtype_source) == ("int4", 32, "quantization_config (compressed-tensors)")
+    expected = checkpoint_bytes(s, "int4", 32, ("lm_head", "re:.*layers\\.0\\..*"), 4).total
+    assert e.weights_bytes == expected
+    # the regex ignore keeps layer 0 in bf16: more bytes than quantizing it
+    assert expected > checkpoint_bytes(s, "int4", 32, ("lm_head",), 4).total
+
+
+def test_argument_overrides_checkpoint():
+    e = estimate(with_qc(CT_GROUP), dtype="bf16")
+    assert (e.dtype, e.dtype_source, e.group_size) == ("bf16", "argument", None)
+
+
+def test_deepseek_v3_card_defaults_to_fp8():
+    card = find_model_card("deepseek-v3")
+    e = estimate(ModelSpec.from_hf_config(card.data, name=card.name))
+    assert e.dtype == "fp8" and e.dtype_source == "quantization_config (fp8)"
+    assert 0.99 < e.weights_bytes / e.params.total < 1.01
+
+
+@pytest.mark.parametrize("qc, dtype, group", [
+    ({"quant_method": "gptq", "bits": 4, "group_size": 128}, "int4", 128),
+    ({"quant_method": "awq", "bits": 4, "group_size": 64}, "int4", 64),
+    ({"quant_method": "bitsandbytes", "load_in_8bit": True}, "int8", None),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "int4", 64),
+])
+def test_other_methods(qc, dtype, group):
+    e = estimate(with_qc(qc))
+    assert (e.dtype, e.group_size) == (dtype, group)
+
+
+def test_unknown_method_asks_for_dtype():
+    s = with_qc({"quant_method": "mxfp4"})
+    with pytest.raises(ConfigError, match=r"quant_method 'mxfp4' .* pass --dtype"):
+        estimate(s)
+    assert estimate(s, dtype="bf16").dtype == "bf16"
+
+
+def test_regex_skip_patterns_match_from_the_start():
+    assert is_skipped("model.layers.0.mlp.up_proj", ["re:.*mlp\\.up_proj$"])
+    assert not is_skipped("model.layers.0.mlp.up_proj", ["re:mlp"])  # re.match, not search
