@@ -153,6 +153,11 @@ def write_json(path: str, obj: dict) -> None:
         with os.fdopen(fd, "w") as fh:
             json.dump(obj, fh, indent=2)
             fh.write("\n")
+        # mkstemp creates 0600; give the file the mode open() would have (0666 minus the umask).
+        # os.umask can only be read by setting it, so set it back at once
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

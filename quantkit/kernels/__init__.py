@@ -8,7 +8,9 @@
   where the tuner measured that faster);
 * the plain torch reference (``int8_linear_reference``) otherwise: CPU tensors, fp32 activations,
   or no triton. This is the documented rule by device, not a fallback on error: a Triton compile
-  or launch error on CUDA propagates.
+  or launch error on CUDA propagates. bf16/fp16 on CUDA without an importable triton is the one
+  case that costs speed unexpectedly, so it warns once per process (``warnings.warn``) with the
+  install command.
 
 ``dispatch_reason(x)`` says which path a given ``x`` takes and why. The backend can be forced for
 A/B tests with ``set_backend`` or the environment variable ``QUANTKIT_INT8_KERNEL``:
@@ -24,10 +26,13 @@ call (a few seconds, synchronising the device) and cached for the process. Call
 ``warmup([(M, N, K), ...])`` or run one eager forward per batch size before capturing a CUDA
 graph; after that a call does no host sync and only allocates its output (and, for split-K, an
 fp32 partial buffer), which capture records in the graph's memory pool. An untuned shape during
-capture raises ``KernelNotTunedError``. Warm up with the exact M that will be captured: Triton
-compiles one variant per argument specialisation (M == 1, M % 16 == 0, bias or not), and compiling
-inside capture is not safe. ``QUANTKIT_INT8_AUTOTUNE=0`` replaces tuning by a fixed heuristic
-config (no device sync, so nothing to tune before capture; compiling still needs one eager call).
+capture raises ``KernelNotTunedError``. Warm up with exactly what will be captured: Triton
+compiles one variant per argument specialisation (M == 1, M % 16 == 0, bias or not, and the dtype
+of every pointer: activations, scales, bias), and compiling inside capture is not safe.
+``warmup``'s ``scale_dtype`` and ``bias_dtype`` default to bf16, ``Int8Linear``'s defaults; pass
+the model's if it stores other dtypes. ``QUANTKIT_INT8_AUTOTUNE=0`` replaces tuning by a fixed
+heuristic config (no device sync, so nothing to tune before capture; compiling still needs
+``warmup`` or one eager call).
 
 ``torch.compile``: the call is one opaque custom op, ``torch.ops.quantkit.int8_linear``, registered
 when this package is imported after torch (as ``Int8Linear``'s module does) or on the first eager
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from quantkit.errors import DependencyError, UnknownNameError
 
@@ -51,6 +57,7 @@ ENV_BACKEND = "QUANTKIT_INT8_KERNEL"
 
 _backend_override: str | None = None
 _triton_import_error: str | None = None  # "" once triton imported fine
+_warned_no_triton = False  # the CUDA-without-triton warning is given once per process
 
 
 def dequantize(qweight, scale, group_size: int | None, dtype):
@@ -88,6 +95,9 @@ def get_backend() -> str:
     return value
 
 
+INSTALL_HINT = "install it with `pip install triton` (or the extra: pip install 'quantkit[triton]')"
+
+
 def _triton_problem() -> str:
     """'' when triton imports, else why not (checked once per process)."""
     global _triton_import_error
@@ -95,11 +105,53 @@ def _triton_problem() -> str:
         try:
             import triton  # noqa: F401
         except ImportError as exc:  # the documented "no triton -> reference" rule, not a fallback
-            _triton_import_error = (f"triton is not importable ({exc}); "
-                                    "pip install 'quantkit[triton]'")
+            if isinstance(exc, ModuleNotFoundError) and exc.name == "triton":
+                _triton_import_error = "triton is not installed"
+            else:  # installed but broken (a missing shared library, a version clash...)
+                _triton_import_error = f"triton is installed but fails to import ({exc})"
         else:
             _triton_import_error = ""
     return _triton_import_error
+
+
+def _is_cuda(x) -> bool:
+    return x.is_cuda  # one place, so the CPU tests can stand in for a CUDA tensor
+
+
+def _route(x) -> tuple[str, str, bool]:
+    """(path, why, slowed): slowed is True when x could take the Triton kernels but triton is
+    missing, the one case where the reference path is a surprise worth a warning."""
+    import torch
+
+    backend = get_backend()
+    if backend == "reference":
+        return "reference", f"backend forced to 'reference' ({ENV_BACKEND} or set_backend)", False
+    from quantkit.kernels.launch import interpreting
+
+    on_cuda = _is_cuda(x)
+    missing_triton = False
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        problem = f"x is {x.dtype}; the Triton kernels take bfloat16 or float16"
+    elif not on_cuda and not (backend == "triton" and x.device.type == "cpu" and interpreting()):
+        problem = f"x is on {x.device}; the Triton kernels run on CUDA"
+    else:
+        problem = _triton_problem()
+        missing_triton = bool(problem)
+    if not problem:
+        where = "CUDA" if on_cuda else "the Triton CPU interpreter"
+        return "triton", f"{x.dtype} activations on {where}", False
+    if backend == "triton":
+        hint = f"; {INSTALL_HINT}" if missing_triton else ""
+        raise DependencyError(f"int8 kernel backend forced to 'triton' but {problem}{hint}")
+    if missing_triton and on_cuda:
+        # "~4x" is an estimate, not a measurement: at decode sizes (memory bound) the reference
+        # moves ~9 bytes per weight (int8 read + bf16 cast written, read and scaled + written,
+        # read again by F.linear) where the fused kernel reads 1 byte plus the scales
+        return "reference", (
+            f"the fused int8 Triton kernel is unavailable because {problem}; int8_linear uses the "
+            "torch reference path, which dequantises the whole weight on every call (~4x slower "
+            f"or worse at decode batch sizes); {INSTALL_HINT}"), True
+    return "reference", problem, False
 
 
 def dispatch_reason(x) -> tuple[str, str]:
@@ -107,26 +159,8 @@ def dispatch_reason(x) -> tuple[str, str]:
 
     Raises ``DependencyError`` when the backend is forced to ``triton`` and it cannot run.
     """
-    import torch
-
-    backend = get_backend()
-    if backend == "reference":
-        return "reference", f"backend forced to 'reference' ({ENV_BACKEND} or set_backend)"
-    from quantkit.kernels.launch import interpreting
-
-    problem = ""
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        problem = f"x is {x.dtype}; the Triton kernels take bfloat16 or float16"
-    elif not x.is_cuda and not (backend == "triton" and x.device.type == "cpu" and interpreting()):
-        problem = f"x is on {x.device}; the Triton kernels run on CUDA"
-    else:
-        problem = _triton_problem()
-    if not problem:
-        where = "CUDA" if x.is_cuda else "the Triton CPU interpreter"
-        return "triton", f"{x.dtype} activations on {where}"
-    if backend == "triton":
-        raise DependencyError(f"int8 kernel backend forced to 'triton' but {problem}")
-    return "reference", problem
+    path, why, _ = _route(x)
+    return path, why
 
 
 def int8_linear(x, qweight, scale, bias=None, group_size: int | None = None):
@@ -149,10 +183,16 @@ def int8_linear(x, qweight, scale, bias=None, group_size: int | None = None):
 
 
 def _dispatch(x, qweight, scale, bias, group_size):
-    if dispatch_reason(x)[0] == "triton":
+    global _warned_no_triton
+    path, why, slowed = _route(x)
+    if path == "triton":
         from quantkit.kernels.launch import run
 
         return run(x, qweight, scale, bias, group_size)
+    if slowed and not _warned_no_triton:
+        _warned_no_triton = True  # a flag, not a warnings filter: the caller's filters stay theirs
+        # stacklevel 3: the line that called int8_linear (e.g. Int8Linear.forward)
+        warnings.warn(why, stacklevel=3)
     return int8_linear_reference(x, qweight, scale, bias, group_size)
 
 
@@ -180,17 +220,21 @@ def _custom_op():
     return _OP
 
 
-def warmup(shapes, dtype=None, device="cuda", progress=True):
+def warmup(shapes, dtype=None, device="cuda", progress=True, scale_dtype=None, bias_dtype=None):
     """Tune and compile the Triton kernels for ``(M, N, K[, group_size])`` shapes before capture.
 
-    ``dtype`` defaults to torch.bfloat16. Returns the chosen config per cache key. See
+    ``dtype`` (activations), ``scale_dtype`` and ``bias_dtype`` default to torch.bfloat16, what
+    ``Int8Linear`` stores by default; they must be the dtypes the captured calls pass, since
+    Triton compiles one variant per pointer dtype. Returns the chosen config per cache key. See
     ``quantkit.kernels.tuning.warmup``.
     """
     import torch
 
     from quantkit.kernels.tuning import warmup as _warmup
 
-    return _warmup(shapes, dtype=dtype or torch.bfloat16, device=device, progress=progress)
+    bf16 = torch.bfloat16
+    return _warmup(shapes, dtype=dtype or bf16, device=device, progress=progress,
+                   scale_dtype=scale_dtype or bf16, bias_dtype=bias_dtype or bf16)
 
 
 def __getattr__(name):

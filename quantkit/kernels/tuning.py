@@ -222,15 +222,22 @@ def clear_cache() -> None:
     _LOG.clear()
 
 
-def warmup(shapes, dtype=torch.bfloat16, device="cuda", progress=True) -> dict[tuple, KernelConfig]:
+def warmup(shapes, dtype=torch.bfloat16, device="cuda", progress=True,
+           scale_dtype=torch.bfloat16, bias_dtype=torch.bfloat16) -> dict[tuple, KernelConfig]:
     """Tune and compile every ``(M, N, K)`` or ``(M, N, K, group_size)`` shape now.
 
     Run this (or one eager forward per batch size) before CUDA-graph capture. The operands are
-    random; only shapes, dtype and device matter. Returns the chosen config per cache key.
+    random; only shapes, dtypes and device matter. ``dtype`` is the activations', ``scale_dtype``
+    and ``bias_dtype`` the layer's stored scales and bias (bf16 by default, as ``Int8Linear``):
+    Triton compiles one variant per pointer dtype, so a dtype that differs from the captured
+    call's leaves its compile to the capture. Both the bias and the no-bias variant are compiled.
+    The global RNG is not touched (a local generator draws the operands). Returns the chosen
+    config per cache key.
     """
     from tqdm import tqdm
 
     shapes = [tuple(s) for s in shapes]
+    gen = torch.Generator(device=device).manual_seed(0)
     chosen = {}
     for shape in tqdm(shapes, desc="tuning int8 kernels", unit="shape", disable=not progress):
         if len(shape) not in (3, 4):
@@ -238,10 +245,10 @@ def warmup(shapes, dtype=torch.bfloat16, device="cuda", progress=True) -> dict[t
         m, n, k = shape[:3]
         group_size = shape[3] if len(shape) == 4 else None
         n_groups = 1 if group_size is None else -(-k // group_size)
-        x = torch.randn((m, k), device=device, dtype=dtype)
-        w = torch.randint(-127, 128, (n, k), device=device, dtype=torch.int8)
-        s = torch.rand((n, n_groups), device=device, dtype=torch.float32) / 127
-        b = torch.randn((n,), device=device, dtype=dtype)
+        x = torch.randn((m, k), device=device, dtype=dtype, generator=gen)
+        w = torch.randint(-127, 128, (n, k), device=device, dtype=torch.int8, generator=gen)
+        s = (torch.rand((n, n_groups), device=device, generator=gen) / 127).to(scale_dtype)
+        b = torch.randn((n,), device=device, generator=gen).to(bias_dtype)
         launch.run(x, w, s, None, group_size)  # tunes, then compiles the chosen config
         launch.run(x, w, s, b, group_size)  # compiles its HAS_BIAS variant too
         key = cache_key(x, w, s, group_size if n_groups > 1 else None)

@@ -102,6 +102,22 @@ def test_write_json_is_atomic_and_complete(bench, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["bench.json"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_write_json_gets_the_mode_of_a_plainly_created_file(bench, tmp_path, umask):
+    """mkstemp's 0600 would hide results from other users: 0666 minus the umask, as open()."""
+    import os
+    import stat
+
+    path = tmp_path / "bench.json"
+    old = os.umask(umask)
+    try:
+        bench.write_json(str(path), {"rows": []})
+        assert os.umask(umask) == umask  # write_json restored the process umask
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
 def test_without_cuda_the_script_fails_with_a_clear_message():
     import torch
 

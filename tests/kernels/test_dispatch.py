@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,133 @@ def test_torch_compile_sees_one_opaque_custom_op():
     y = fn(x)
     assert traced == ["quantkit.int8_linear.default", "<built-in function mul>"]
     assert torch.equal(y, kernels.int8_linear_reference(x, w, s, b, 32) * 2)
+
+
+def test_warmup_defaults_match_int8linear_defaults():
+    """warmup's dtypes default to what Int8Linear stores: the default warm-up is the capture's."""
+    import inspect
+
+    from quantkit.quantizers import int8
+
+    scale_default = inspect.signature(int8.Int8Linear.__init__).parameters["scale_dtype"].default
+    for fn in (kernels.warmup, tuning.warmup):
+        params = inspect.signature(fn).parameters
+        assert params["scale_dtype"].default in (None, scale_default)
+        assert params["bias_dtype"].default in (None, int8.BIAS_DTYPE)
+    assert inspect.signature(tuning.warmup).parameters["scale_dtype"].default == scale_default
+    assert inspect.signature(tuning.warmup).parameters["bias_dtype"].default == int8.BIAS_DTYPE
+
+
+@pytest.mark.parametrize("kwargs,expect", [
+    ({}, (torch.bfloat16, torch.bfloat16, torch.bfloat16)),  # Int8Linear's defaults
+    ({"dtype": torch.float16, "scale_dtype": torch.float32, "bias_dtype": torch.float16},
+     (torch.float16, torch.float32, torch.float16)),
+])
+def test_warmup_passes_dtypes_through_and_leaves_the_global_rng_alone(monkeypatch, kwargs, expect):
+    monkeypatch.setenv("QUANTKIT_INT8_AUTOTUNE", "0")  # heuristic configs: nothing to time on CPU
+    tuning.clear_cache()
+    calls = []
+
+    def spy_run(x, w, s, b, group_size):
+        calls.append((tuple(x.shape), x.dtype, w.dtype, tuple(s.shape), s.dtype,
+                      None if b is None else b.dtype, group_size))
+        tuning.config_for(x, w, s, b, group_size)  # what launch.run does before launching
+        return x.new_empty((x.shape[0], w.shape[0]))
+
+    monkeypatch.setattr(launch, "run", spy_run)
+    torch.manual_seed(1234)
+    expected_next = torch.rand(4)
+    torch.manual_seed(1234)
+    chosen = kernels.warmup([(1, 32, 64), (20, 16, 64, 32)], device="cpu", progress=False,
+                            **kwargs)
+    assert torch.equal(torch.rand(4), expected_next)  # the caller's random stream is untouched
+    x_dtype, s_dtype, b_dtype = expect
+    assert calls == [
+        ((1, 64), x_dtype, torch.int8, (32, 1), s_dtype, None, None),
+        ((1, 64), x_dtype, torch.int8, (32, 1), s_dtype, b_dtype, None),  # the HAS_BIAS variant
+        ((20, 64), x_dtype, torch.int8, (16, 2), s_dtype, None, 32),
+        ((20, 64), x_dtype, torch.int8, (16, 2), s_dtype, b_dtype, 32),
+    ]
+    assert [k[1:] for k in chosen] == [(x_dtype, "skinny", 1, 32, 64, 1, None),
+                                       (x_dtype, "gemm", 32, 16, 64, 2, 32)]
+    tuning.clear_cache()
+
+
+def test_warmup_operands_are_reproducible(monkeypatch):
+    """A local generator seeded per call: two warm-ups draw the same operands."""
+    monkeypatch.setenv("QUANTKIT_INT8_AUTOTUNE", "0")
+    tuning.clear_cache()
+    drawn = []
+
+    def spy_run(x, w, s, b, group_size):
+        drawn.append((x, w, s, b))
+        tuning.config_for(x, w, s, b, group_size)
+
+    monkeypatch.setattr(launch, "run", spy_run)
+    for _ in range(2):
+        kernels.warmup([(2, 4, 8)], device="cpu", progress=False)
+    first, second = drawn[1], drawn[3]  # the calls with bias
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert first[0].std() > 0.5  # random operands, not zeros
+    tuning.clear_cache()
+
+
+@pytest.fixture
+def cuda_without_triton(monkeypatch):
+    """A CPU tensor stands in for a CUDA one, and ``import triton`` fails as if not installed."""
+    monkeypatch.setattr(kernels, "_is_cuda", lambda x: True)
+    monkeypatch.setitem(sys.modules, "triton", None)  # import raises ModuleNotFoundError
+    monkeypatch.setattr(kernels, "_triton_import_error", None)  # forget this process's answer
+    monkeypatch.setattr(kernels, "_warned_no_triton", False)
+
+
+def test_cuda_without_triton_warns_once_and_dispatch_reason_says_the_same(cuda_without_triton):
+    x, w, s, b = operands(2, 8, 32, None, True, torch.bfloat16, seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # no filter dedups: only the module's flag may
+        path, why = kernels.dispatch_reason(x)
+        assert caught == []  # asking is not calling
+        y1 = kernels.int8_linear(x, w, s, b)
+        y2 = kernels.int8_linear(x, w, s, b)
+    assert path == "reference"
+    assert why.startswith("the fused int8 Triton kernel is unavailable because triton is not "
+                          "installed; int8_linear uses the torch reference path")
+    for part in ("~4x slower", "`pip install triton`", "pip install 'quantkit[triton]'"):
+        assert part in why
+    assert [(c.category, str(c.message)) for c in caught] == [(UserWarning, why)]
+    assert caught[0].filename == __file__  # points at the line that called int8_linear
+    ref = kernels.int8_linear_reference(x, w, s, b)
+    assert torch.equal(y1, ref) and torch.equal(y2, ref)
+
+
+def test_cuda_without_triton_no_warning_where_the_reference_is_chosen(cuda_without_triton):
+    x32 = operands(2, 8, 32, None, False, torch.float32)
+    x16 = operands(2, 8, 32, None, False, torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kernels.int8_linear(*x32)  # fp32 activations take the reference by rule
+        kernels.set_backend("reference")
+        kernels.int8_linear(*x16)  # asked for
+    assert caught == []
+    assert kernels._warned_no_triton is False
+    kernels.set_backend("triton")
+    with pytest.raises(DependencyError, match=r"forced to 'triton' but triton is not installed; "
+                                              r"install it with `pip install triton`"):
+        kernels.int8_linear(*x16)
+
+
+def test_broken_triton_install_is_reported_as_such(cuda_without_triton, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "triton":
+            raise ImportError("libcuda.so.1: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    path, why = kernels.dispatch_reason(torch.zeros(1, 8, dtype=torch.float16))
+    assert path == "reference"
+    assert why.startswith("the fused int8 Triton kernel is unavailable because triton is "
+                          "installed but fails to import (libcuda.so.1: cannot open shared")

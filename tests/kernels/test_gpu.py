@@ -134,3 +134,69 @@ def test_untuned_shape_during_capture_raises(monkeypatch):
     with pytest.raises(kernels.KernelNotTunedError, match="warmup"):
         with torch.cuda.graph(graph):
             kernels.int8_linear(x, w, s, b)
+
+
+@pytest.fixture
+def no_compiling(monkeypatch):
+    """Call ``forbid()`` to make any Triton compile from then on fail the test."""
+    import triton.compiler
+
+    from quantkit.kernels import triton_int8 as tk
+
+    compiled = []
+
+    def forbid():
+        real = triton.compiler.compile
+
+        def spy(src, *args, **kwargs):
+            compiled.append(getattr(getattr(src, "fn", None), "__name__", repr(src)))
+            return real(src, *args, **kwargs)
+
+        # JITFunction keeps the compiler it bound on its first launch as ``self.compile``; a
+        # function launched for the first time binds the module attribute
+        monkeypatch.setattr(triton.compiler, "compile", spy)
+        for fn in (tk.skinny_kernel, tk.splitk_reduce_kernel, tk.gemm_kernel, tk.dequant_kernel):
+            if hasattr(fn, "compile"):
+                monkeypatch.setattr(fn, "compile", spy)
+
+    yield forbid, compiled
+
+
+@pytest.mark.parametrize("m,group_size,dtype", [(1, None, BF16), (16, 128, BF16), (64, None, FP16)])
+def test_warmup_alone_prepares_capture_of_an_int8linear(m, group_size, dtype, monkeypatch,
+                                                        no_compiling):
+    """warmup with its defaults, then capture at once: no eager call, no compile inside capture."""
+    from torch import nn
+
+    from quantkit.kernels import tuning
+    from quantkit.quantizers.int8 import Int8Linear
+
+    monkeypatch.setenv("QUANTKIT_INT8_AUTOTUNE", "1")
+    tuning.clear_cache()
+    n, k = 1024, 4096  # split-K territory at M = 1
+    torch.manual_seed(m)
+    linear = nn.Linear(k, n, bias=True, device="cuda")
+    layers = [Int8Linear.from_linear(linear, group_size),  # bf16 scales and bias, the defaults
+              Int8Linear.from_linear(nn.Linear(k, n, bias=False, device="cuda"), group_size)]
+    assert layers[0].weight_scale.dtype == BF16
+    static_x = torch.randn(m, k, device="cuda", dtype=dtype)
+    kernels.warmup([(m, n, k) if group_size is None else (m, n, k, group_size)], dtype=dtype,
+                   progress=False)
+    forbid, compiled = no_compiling
+    forbid()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_ys = [layer(static_x) for layer in layers]
+    assert compiled == []  # warm-up compiled every variant the capture launches
+    for seed in (1, 2):
+        fresh = torch.randn(m, k, device="cuda", dtype=dtype,
+                            generator=torch.Generator(device="cuda").manual_seed(seed))
+        static_x.copy_(fresh)
+        graph.replay()
+        torch.cuda.synchronize()
+        for layer, static_y in zip(layers, static_ys):
+            assert torch.equal(static_y, layer(fresh))  # same kernels, same bits
+            assert rel_error(static_y, fresh, layer.weight, layer.weight_scale, layer.bias,
+                             group_size) < 1e-2
+    assert compiled == []
+    tuning.clear_cache()
