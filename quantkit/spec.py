@@ -10,6 +10,7 @@ Phi-3, DeepSeek-V2/V3 (MLA, MoE), and GPT-NeoX/Falcon/StarCoder2-style plain MLP
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 from quantkit.errors import ConfigError
@@ -123,7 +124,7 @@ class ModelSpec:
             return "GQA"
         return "MHA"
 
-    @property
+    @cached_property  # hot in plan sweeps; the frozen dataclass stays hashable and equal
     def num_sliding_layers(self) -> int:
         return sum(t == "sliding_attention" for t in self.layer_types)
 

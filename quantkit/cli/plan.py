@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from quantkit.cli import handle_errors
+from quantkit.plan.definition import DEFAULT_BATCHES, DEFAULT_CONTEXTS, DEFAULT_DTYPES, Assumptions
 from quantkit.plan.export import FORMATS
+
+_A = Assumptions()
+
+
+def _csv(values) -> str:
+    return ",".join(map(str, values))
 
 
 @click.command("plan")
@@ -18,15 +25,15 @@ from quantkit.plan.export import FORMATS
                    "The options below override its fields.")
 @click.option("--models", default=None, help="Comma-separated model names (see 'quantkit models') or config.json paths.")
 @click.option("--gpus", default=None, help="Comma-separated GPU names (see 'quantkit gpus').")
-@click.option("--dtypes", default=None, help="Comma-separated weight dtypes: fp32, fp16, bf16, fp8, int8, int4 [default: bf16,int8,int4].")
-@click.option("--contexts", default=None, help="Comma-separated tokens per sequence [default: 4096].")
-@click.option("--batches", default=None, help="Comma-separated batch sizes (sequences) [default: 1].")
-@click.option("--kv-dtype", default=None, help="KV-cache dtype: bf16, fp16, fp8, int8, fp32 [default: bf16].")
+@click.option("--dtypes", default=None, help=f"Comma-separated weight dtypes: fp32, fp16, bf16, fp8, int8, int4 [default: {_csv(DEFAULT_DTYPES)}].")
+@click.option("--contexts", default=None, help=f"Comma-separated tokens per sequence [default: {_csv(DEFAULT_CONTEXTS)}].")
+@click.option("--batches", default=None, help=f"Comma-separated batch sizes (sequences) [default: {_csv(DEFAULT_BATCHES)}].")
+@click.option("--kv-dtype", default=None, help=f"KV-cache dtype: bf16, fp16, fp8, int8, fp32 [default: {_A.kv_dtype}].")
 @click.option("--block-size", default=None, type=int, help="Round KV to paged blocks of N tokens (vLLM: 16) [default: off].")
-@click.option("--prefill-chunk", default=None, type=int, help="Tokens per sequence in one prefill pass [default: 2048].")
+@click.option("--prefill-chunk", default=None, type=int, help=f"Tokens in one prefill forward pass, all sequences together [default: {_A.prefill_chunk}].")
 @click.option("--group-size", default=None, type=int, help="Quantization group size [default: per channel for int8/fp8, 128 for int4].")
-@click.option("--gpu-util", default=None, type=float, help="Fraction of GPU memory usable (vLLM: 0.9) [default: 1.0].")
-@click.option("--overhead-bytes", default=None, type=int, help="Runtime overhead per GPU in bytes [default: 512 MiB].")
+@click.option("--gpu-util", default=None, type=float, help=f"Fraction of GPU memory usable (vLLM: 0.9) [default: {_A.gpu_util}].")
+@click.option("--overhead-bytes", default=None, type=int, help=f"Runtime overhead per GPU in bytes [default: {_A.overhead_bytes:,} = {_A.overhead_bytes / 2**20:g} MiB].")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Write to FILE (.xlsx, .csv or .json).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Output format [default: from --out's suffix; a table on stdout without --out].")

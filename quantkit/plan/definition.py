@@ -3,7 +3,10 @@
 A plan comes from command-line lists, from a YAML file (``calculators/plans/<name>.yaml`` or a
 path), or both (command-line values override the file's). Every name is checked before any number
 is computed, and all unknown names are reported in one error. The assumptions' defaults are
-``quantkit estimate``'s own (read from its signature), so ``plan`` and ``estimate`` agree.
+``quantkit estimate``'s own (read from its signature), so ``plan`` and ``estimate`` agree. The one
+exception is ``skip``: estimate's None means "lm_head, or the checkpoint's own ignore list when the
+dtype comes from its quantization_config"; a plan always names its dtypes, so that is
+``quantkit.selection.DEFAULT_SKIP``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from quantkit.calculators.kv_cache import KV_DTYPE_BYTES
 from quantkit.calculators.weights import DTYPE_BITS, parse_dtype
 from quantkit.catalogue import GpuSpec, data_dir, find_model_card, get_gpu, has_model
 from quantkit.errors import ConfigError, InputError, UnknownNameError, UsageError
+from quantkit.selection import DEFAULT_SKIP
 from quantkit.spec import ModelSpec
 
 _EST = {k: p.default for k, p in inspect.signature(estimate).parameters.items()}
@@ -38,11 +42,11 @@ class Assumptions:
 
     kv_dtype: str = _EST["kv_dtype"]
     block_size: int | None = _EST["block_size"]  # tokens per paged KV block; None = off
-    prefill_chunk: int = _EST["prefill_chunk"]  # tokens per sequence in one prefill pass
+    prefill_chunk: int = _EST["prefill_chunk"]  # tokens in one prefill forward pass, all sequences
     group_size: int | None = _EST["group_size"]  # None = the dtype's default (int4: 128)
     overhead_bytes: int = _EST["overhead_bytes"]  # bytes per GPU
     gpu_util: float = _EST["gpu_util"]  # fraction of each GPU's memory usable
-    skip: tuple[str, ...] = tuple(_EST["skip"])  # linear layers kept at base precision
+    skip: tuple[str, ...] = DEFAULT_SKIP  # linear layers kept at base precision (see module doc)
 
     @property
     def kv_bytes(self) -> int:

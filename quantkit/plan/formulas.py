@@ -11,15 +11,21 @@ compare every formula cell with quantkit's own Python result:
   KV cache     kv_cache.kv_cache: batch x (full layers x tokens + sliding layers x
                min(context, window)) x values/token/layer x KV bytes; tokens rounded up to whole
                paged blocks when block_size > 0
-  activations  activations.prefill_activation_bytes: batch x min(context, prefill chunk) x
+  activations  memory.memory + activations.prefill_activation_bytes: one prefill forward pass of
+               min(batch x context, prefill chunk) tokens (all sequences together) x
                (2 x hidden + ceil(max(MLP width, attention width) / TP)) x activation bytes
   logits       activations.logits_bytes: batch x vocab x (2 + 4) bytes
   fits         fit.fit: total on one GPU <= floor(memory x utilisation)
   GPUs needed  fit.min_gpus: the smallest valid TP degree (listed on Models) whose per-GPU memory
                fits -- an array formula over that list
-  largest batch  fit.max_batch on the GPUs needed: memory is affine in batch (weights and
-               overhead fixed, KV, activations and logits per sequence), so the largest batch is
-               floor((usable - fixed) / per sequence), capped at the calculators' search limit
+  largest batch  fit.max_batch on the GPUs needed: memory(b) = fixed + b x per_seq
+               + act_per_token x min(b x context, P), with fixed = weights + overhead, per_seq =
+               KV + logits of one sequence and P = the prefill chunk. Where activations are
+               capped (b x context >= P) the largest batch is b1 = floor((usable - fixed -
+               act_per_token x P) / per_seq); if b1 x context < P the answer lies where memory is
+               linear, b2 = floor((usable - fixed) / (per_seq + context x act_per_token)) (that
+               line over-estimates memory beyond P, so b2 is exact there). Clamped to
+               [0, the calculators' search limit]
   decode bound roofline.roofline: batch x bandwidth / (active weights / TP + KV share)
 Only functions that Excel and LibreOffice both support: INDEX, MATCH, IF, IFERROR, ISNUMBER,
 SMALL, MIN, MAX, INT, CEILING.
@@ -67,8 +73,9 @@ INPUTS = (
     InputItem("kv_bytes", "KV cache bytes per value", "bytes", "KV-cache dtype: bf16/fp16 2, fp8/int8 1"),
     InputItem("block_size", "KV block size", "tokens",
               "paged attention rounds each sequence's tokens up to whole blocks (vLLM 16); 0 = off"),
-    InputItem("prefill_chunk", "prefill chunk", "tokens per sequence",
-              "tokens per sequence in one forward pass: sets the activation peak"),
+    InputItem("prefill_chunk", "prefill chunk", "tokens per forward pass, all sequences",
+              "tokens of all sequences together in one prefill forward pass (vLLM's "
+              "max_num_batched_tokens): min(batch x context, this) sets the activation peak"),
     InputItem("act_bytes", "activation bytes per value", "bytes", "bf16 activations"),
     InputItem("logits_bytes", "logits bytes per value", "bytes",
               "last position only: bf16 logits + their fp32 upcast"),
@@ -179,8 +186,9 @@ def plan_cols(num_tp: int) -> tuple[Col, ...]:
         return f"INDEX(Models!${ML[key]}:${ML[key]},${MROW}{{r}})"
 
     tps = f"INDEX({tp_range(num_tp)},${MROW}{{r}},0)"
-    per_seq_act = (f"MIN(D{{r}},prefill_chunk)*(2*{m('hidden')}+CEILING(MAX({m('mlp_width')},"
-                   f"{m('attn_width')})/{{n}},1))*act_bytes")
+    # activation bytes per prefill token on one of {n} GPUs, and the tokens of one prefill pass
+    act_tok = f"(2*{m('hidden')}+CEILING(MAX({m('mlp_width')},{m('attn_width')})/{{n}},1))*act_bytes"
+    prefill_tokens = "MIN(E{r}*D{r},prefill_chunk)"
     tok = "IF(block_size>0,CEILING({x},block_size),{x})"
     kv = (f"=E{{r}}*({m('full_layers')}*{tok.format(x='D{r}')}+{m('sliding_layers')}*"
           f"{tok.format(x='MIN(D{r},' + m('window') + ')')})*{m('kv_values')}*kv_bytes")
@@ -188,12 +196,16 @@ def plan_cols(num_tp: int) -> tuple[Col, ...]:
     # per-GPU memory at each TP degree t (an array): MAX(1, x) is written IF(x>1, x, 1) because
     # MAX would collapse the array to one number.
     share_t = f"IF(INT({kvh}/{tps})>1,INT({kvh}/{tps}),1)/{kvh}"
+    act_t, act_o = act_tok.replace("{n}", tps), act_tok.replace("{n}", "O{r}")
     per_gpu_t = (f"CEILING(F{{r}}/{tps},1)+IF({m('kv_lora_rank')}>0,G{{r}},INT(G{{r}}*({share_t})))+"
-                 f"E{{r}}*{per_seq_act.replace('{n}', tps)}+I{{r}}+J{{r}}")
-    per_gpu_o = (f"CEILING(F{{r}}/O{{r}},1)+INT(G{{r}}*P{{r}})+E{{r}}*{per_seq_act.replace('{n}', 'O{r}')}"
-                 f"+I{{r}}+J{{r}}")
-    per_seq_o = (f"G{{r}}/E{{r}}*P{{r}}+{per_seq_act.replace('{n}', 'O{r}')}"
-                 f"+{m('vocab')}*logits_bytes")
+                 f"{prefill_tokens}*{act_t}+I{{r}}+J{{r}}")
+    per_gpu_o = f"CEILING(F{{r}}/O{{r}},1)+INT(G{{r}}*P{{r}})+{prefill_tokens}*{act_o}+I{{r}}+J{{r}}"
+    # largest batch on O GPUs (see the module docstring): per sequence = KV share + logits
+    per_seq_o = f"G{{r}}/E{{r}}*P{{r}}+{m('vocab')}*logits_bytes"
+    free_o = "(M{r}-CEILING(F{r}/O{r},1)-J{r})"  # usable - fixed (weights share + overhead)
+    b1 = f"INT(({free_o}-{act_o}*prefill_chunk)/({per_seq_o}))"
+    b2 = f"INT({free_o}/({per_seq_o}+D{{r}}*{act_o}))"
+    max_batch = f"MAX(0,MIN(max_batch_cap,IF({b1}*D{{r}}>=prefill_chunk,{b1},{b2})))"
     has = 'IF(ISNUMBER(O{r}),'
     return (
         Col("model", "model", "@", width=18), Col("gpu", "GPU", "@", width=12),
@@ -202,8 +214,8 @@ def plan_cols(num_tp: int) -> tuple[Col, ...]:
         Col("weights_bytes", "weights (bytes)", B, f"=INDEX(Weights!$S:$S,${WROW}{{r}})", width=17),
         Col("kv_cache_bytes", "KV cache (bytes)", B, kv, width=17),
         Col("activation_bytes", "activations (bytes)", B,
-            f"=E{{r}}*MIN(D{{r}},prefill_chunk)*(2*{m('hidden')}+MAX({m('mlp_width')},{m('attn_width')}))"
-            "*act_bytes", width=15),
+            f"={prefill_tokens}*(2*{m('hidden')}+MAX({m('mlp_width')},{m('attn_width')}))*act_bytes",
+            width=15),
         Col("logits_bytes", "logits (bytes)", B, f"=E{{r}}*{m('vocab')}*logits_bytes", width=13),
         Col("overhead_bytes", "overhead (bytes)", B, "=overhead_bytes", width=13),
         Col("total_bytes", "total, 1 GPU (bytes)", B, "=F{r}+G{r}+H{r}+I{r}+J{r}", width=17),
@@ -217,8 +229,7 @@ def plan_cols(num_tp: int) -> tuple[Col, ...]:
             f'={has}IF({m("kv_lora_rank")}>0,1,MAX(1,INT({kvh}/O{{r}}))/{kvh}),"")', width=10),
         Col("per_gpu_bytes", "per GPU on GPUs needed (bytes)", B, f'={has}{per_gpu_o},"")', width=17),
         Col("max_batch", "largest batch on GPUs needed (sequences)", B,
-            f'={has}MAX(0,MIN(max_batch_cap,INT((M{{r}}-CEILING(F{{r}}/O{{r}},1)-J{{r}})/({per_seq_o})))),"")',
-            width=11),
+            f'={has}{max_batch},"")', width=11),
         Col("decode_tokens_per_s_bound", "decode bound on GPUs needed (tokens/s, all sequences)", "#,##0.0",
             f'={has}E{{r}}*INDEX(GPUs!$D:$D,${GROW}{{r}})/(INDEX(Weights!$T:$T,${WROW}{{r}})/O{{r}}+G{{r}}*P{{r}}),"")',
             width=13),

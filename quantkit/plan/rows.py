@@ -4,6 +4,9 @@ One row per (model, GPU, dtype, context, batch). The memory columns are ``estima
 GPU; "GPUs needed" is its ``min_gpus`` (the smallest valid tensor-parallel degree that fits); the
 per-GPU memory, largest batch and decode bound are ``estimate(..., num_gpus=min_gpus)``, i.e. on
 the GPUs needed. Raw numbers: bytes as int, None where a value does not exist (no TP degree fits).
+Only the estimate on the GPUs needed runs ``estimate``'s binary searches (for its ``max_batch``;
+its ``max_context`` is unused); the one-GPU call passes ``search_limits=False`` (the searches are
+most of an estimate's time).
 
 Besides the rows, the workbook needs per-model data its formulas start from (``model_data``) and
 per-model-and-dtype weight counts (``weight_data``): counts of parameters, scales and layers,
@@ -17,8 +20,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterable
 
-from quantkit.calculators.estimate import Estimate, estimate
-from quantkit.calculators.memory import kv_heads_per_gpu, valid_tp
+# valid_tp_degrees: the TP degrees fit.min_gpus may pick (they divide the head count); the same
+# list estimate() names when it refuses an invalid num_gpus
+from quantkit.calculators.estimate import Estimate, estimate, valid_tp_degrees
+from quantkit.calculators.memory import kv_heads_per_gpu
 from quantkit.calculators.params import count_params, linears
 from quantkit.calculators.weights import DEFAULT_GROUP, DTYPE_BITS, QUANTIZED
 from quantkit.catalogue import GpuSpec
@@ -37,19 +42,25 @@ ROW_KEYS = (
 
 
 def estimate_for(plan: Plan, spec: ModelSpec, gpu: GpuSpec, dtype: str, context: int, batch: int,
-                 num_gpus: int = 1) -> Estimate:
-    """``quantkit estimate`` for one plan cell, with the plan's assumptions."""
+                 num_gpus: int = 1, search_limits: bool = True) -> Estimate:
+    """``quantkit estimate`` for one plan cell, with the plan's assumptions.
+
+    ``search_limits=False``: no largest-context/batch searches (``max_context``/``max_batch`` None).
+    """
     a = plan.assumptions
+    # the plan's group size is for its quantized dtypes; estimate() refuses one for bf16 and co.
+    group = a.group_size if dtype in QUANTIZED else None
     return estimate(spec, dtype=dtype, kv_dtype=a.kv_dtype, batch=batch, context=context, gpu=gpu,
                     num_gpus=num_gpus, block_size=a.block_size, prefill_chunk=a.prefill_chunk,
-                    group_size=a.group_size, skip=a.skip, overhead_bytes=a.overhead_bytes,
-                    gpu_util=a.gpu_util)
+                    group_size=group, skip=a.skip, overhead_bytes=a.overhead_bytes,
+                    gpu_util=a.gpu_util, search_limits=search_limits)
 
 
 def row_for(plan: Plan, spec: ModelSpec, gpu: GpuSpec, dtype: str, context: int, batch: int) -> dict:
-    one = estimate_for(plan, spec, gpu, dtype, context, batch)
+    # one GPU: memory, fits and min_gpus only; the largest batch is wanted on the GPUs needed
+    one = estimate_for(plan, spec, gpu, dtype, context, batch, search_limits=False)
     n = one.min_gpus
-    on_n = one if n in (None, 1) else estimate_for(plan, spec, gpu, dtype, context, batch, n)
+    on_n = estimate_for(plan, spec, gpu, dtype, context, batch, n) if n else None
     return {
         "model": spec.name, "gpu": gpu.name, "dtype": dtype, "context": context, "batch": batch,
         "weights_bytes": one.weights_bytes, "kv_cache_bytes": one.kv_cache_bytes,
@@ -57,9 +68,9 @@ def row_for(plan: Plan, spec: ModelSpec, gpu: GpuSpec, dtype: str, context: int,
         "overhead_bytes": one.overhead_bytes, "total_bytes": one.total_bytes,
         "usable_bytes_per_gpu": one.usable_bytes_per_gpu, "fits": one.fits, "min_gpus": n,
         "kv_share_per_gpu": kv_heads_per_gpu(spec, n) if n else None,
-        "per_gpu_bytes": on_n.per_gpu_bytes if n else None,
-        "max_batch": on_n.max_batch if n else None,
-        "decode_tokens_per_s_bound": on_n.decode_tokens_per_s_bound if n else None,
+        "per_gpu_bytes": on_n.per_gpu_bytes if on_n else None,
+        "max_batch": on_n.max_batch if on_n else None,
+        "decode_tokens_per_s_bound": on_n.decode_tokens_per_s_bound if on_n else None,
         "within_max_context": context <= spec.max_context,
     }
 
@@ -82,11 +93,6 @@ def build_rows(plan: Plan, progress: Callable[[Iterable], Iterable] | None = Non
 
 
 # ---- data the workbook's formulas start from ---------------------------------------------------
-
-def valid_tp_degrees(spec: ModelSpec) -> list[int]:
-    """The TP degrees ``fit.min_gpus`` may pick: all valid ones (they divide the head count)."""
-    return [n for n in range(1, spec.num_heads + 1) if valid_tp(spec, n)]
-
 
 def _act_widths(spec: ModelSpec) -> tuple[int, int]:
     """(MLP, attention) activation values per token and layer that tensor parallelism splits.

@@ -148,7 +148,8 @@ def _weight_records(plan: Plan) -> list[dict]:
     for spec in plan.models:
         for dtype in plan.dtypes:
             w = weight_data(spec, dtype, a.group_size, a.skip)
-            cb = checkpoint_bytes(spec, dtype, w.group_size, a.skip)
+            # plans name their dtypes, so estimate() uses bf16 scales (not a checkpoint's own)
+            cb = checkpoint_bytes(spec, dtype, w.group_size, a.skip, F.SCALE_BYTES)
             routed = w.routed_bytes(F.DTYPE_BITS[dtype], F.SCALE_BYTES, F.BASE_BYTES)
             out.append({
                 "key": f"{spec.name}|{dtype}", "model": spec.name, "dtype": dtype, "group_size": w.group_size,

@@ -17,6 +17,7 @@ from typing import Any
 import openpyxl
 from openpyxl.worksheet.formula import ArrayFormula
 
+from quantkit.calculators.activations import DEFAULT_PREFILL_CHUNK
 from quantkit.calculators.estimate import estimate
 from quantkit.calculators.kv_cache import layer_bytes_per_token
 from quantkit.calculators.memory import kv_heads_per_gpu
@@ -32,7 +33,7 @@ REL_TOL = 1e-9
 class Assume:
     kv_dtype: str = "bf16"
     block_size: int | None = None
-    prefill_chunk: int = 2048
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     group_size: int | None = None
     overhead_bytes: int = 512 * 2**20
     gpu_util: float = 1.0
@@ -108,10 +109,11 @@ def expected_values(path: Path, a: Assume) -> dict[tuple[str, str], Any]:
     for r in range(2, ws.max_row + 1):
         model, gname, dtype, context, batch = (ws[f"{c}{r}"].value for c in "ABCDE")
         s, g = _spec(model), gpu(gname)
+        group = a.group_size if dtype in QUANTIZED else None  # estimate() refuses one for bf16
         kw = dict(dtype=dtype, kv_dtype=a.kv_dtype, batch=batch, context=context, gpu=g,
-                  block_size=a.block_size, prefill_chunk=a.prefill_chunk, group_size=a.group_size,
+                  block_size=a.block_size, prefill_chunk=a.prefill_chunk, group_size=group,
                   skip=tuple(a.skip), overhead_bytes=a.overhead_bytes, gpu_util=a.gpu_util)
-        e1 = estimate(s, **kw)
+        e1 = estimate(s, search_limits=False, **kw)  # the largest batch is read on n GPUs only
         n = e1.min_gpus
         en = estimate(s, num_gpus=n, **kw) if n else None
         row = {

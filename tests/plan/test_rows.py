@@ -5,10 +5,12 @@ counts; these tests prove, over the catalogue, that both equal the calculators' 
 """
 
 import itertools
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 
+from quantkit.calculators.activations import logits_bytes, prefill_activation_bytes
 from quantkit.calculators.estimate import estimate
 from quantkit.calculators.kv_cache import kv_cache
 from quantkit.calculators.fit import MAX_BATCH, fit, usable_bytes
@@ -51,27 +53,60 @@ def test_rows_are_estimates_on_one_gpu_and_on_the_gpus_needed():
     assert seen_multi  # llama2-70b bf16 needs several GPUs
 
 
-@pytest.mark.parametrize("name", MODELS)
+def closed_form_max_batch(usable: int, fixed: int, per_seq: int, act_per_token: int, context: int,
+                          chunk: int) -> tuple[int, str]:
+    """The Plan sheet's largest batch, in Python: (batch, which branch gave it).
+
+    memory(b) = fixed + b x per_seq + act_per_token x min(b x context, chunk). Where activations are
+    capped the answer is b1; if b1 x context < chunk it lies where memory is linear: b2.
+    """
+    b1 = (usable - fixed - act_per_token * chunk) // per_seq
+    if b1 * context >= chunk:
+        b, branch = b1, "capped"
+    else:
+        b, branch = (usable - fixed) // (per_seq + context * act_per_token), "linear"
+    return max(0, min(MAX_BATCH, b)), branch
+
+
+@pytest.mark.parametrize("name", model_names())
 def test_largest_batch_closed_form_equals_fit(name):
-    """Memory is affine in batch, so floor((usable - fixed) / per sequence) is fit.max_batch."""
+    """fit.max_batch = the sheet's closed form, over dtypes, contexts, prefill chunks, KV blocks,
+    GPUs and TP degrees; the memory decomposition it rests on holds on both sides of the chunk."""
     s = spec(name)
-    gpu = get_gpu("h100")
-    checked = 0
-    for dtype, context, block, tp in itertools.product(("bf16", "int4"), (1000, 4096, 32768), (None, 16),
-                                                       valid_tp_degrees(s)[:4]):
-        setup = Setup(dtype=dtype, context=context, block_size=block, group_size=DEFAULT_GROUP.get(dtype))
-        m1, m2 = memory(s, setup, tp), memory(s, replace(setup, batch=2), tp)
-        per_seq = m2.total - m1.total
-        fixed = m1.total - per_seq
-        assert fixed == m1.weights + m1.overhead  # weights and overhead do not grow with the batch
-        usable = usable_bytes(gpu, 0.9)
-        closed = max(0, min(MAX_BATCH, (usable - fixed) // per_seq))
-        assert fit(s, setup, gpu, tp, 0.9).max_batch == closed, (dtype, context, block, tp)
-        # per sequence as the Plan sheet adds it up: KV x share + activations + logits
+    tps = valid_tp_degrees(s)  # the smallest and the largest: deepseek-v3 fits only on many GPUs
+    branches = Counter()
+    for dtype, context, chunk, block, gpu, tp in itertools.product(
+            ("bf16", "int4"), (1000, 4096, 32768), (512, 8192, 131072, 1 << 20), (None, 16),
+            (get_gpu("h100"), get_gpu("l4")), sorted({*tps[:2], *tps[-2:]})):
+        setup = Setup(dtype=dtype, context=context, block_size=block, prefill_chunk=chunk,
+                      group_size=DEFAULT_GROUP.get(dtype))
+        m1 = memory(s, setup, tp)
+        fixed = m1.weights + m1.overhead  # weights and overhead do not grow with the batch
+        # per sequence as the Plan sheet adds it up: KV x share + logits (activations apart)
         kv_seq = kv_cache(s, 1, context, 2, block).total * kv_heads_per_gpu(s, tp)
-        assert per_seq == kv_seq + m1.activations + m1.logits
-        checked += 1
-    assert checked >= 8
+        assert kv_seq == int(kv_seq)  # whole bytes: memory()'s int() truncates nothing
+        per_seq = int(kv_seq) + logits_bytes(s, 1)
+        act_per_token = prefill_activation_bytes(s, 1, 2, tp)
+        # the decomposition, below, at and above the chunk (b x context vs chunk)
+        for b in {1, 2, 7, max(1, chunk // context), chunk // context + 1}:
+            mb = memory(s, replace(setup, batch=b), tp).total
+            assert mb == fixed + b * per_seq + act_per_token * min(b * context, chunk), (b, dtype, context, chunk)
+        usable = usable_bytes(gpu, 0.9)
+        closed, branch = closed_form_max_batch(usable, fixed, per_seq, act_per_token, context, chunk)
+        assert fit(s, setup, gpu, tp, 0.9).max_batch == closed, (dtype, context, chunk, block, gpu.name, tp)
+        branches[branch if closed else "none fits"] += 1
+    assert branches["capped"] >= 10 and branches["linear"] >= 10, branches  # both sides of the chunk
+
+
+def test_closed_form_branches_at_the_boundary():
+    """Hand-made numbers around b x context = chunk: the b2 branch is exact, not b1's line."""
+    # fixed 10, per_seq 5, 1 byte per activation token, context 4, chunk 16 (capped from b = 4)
+    def mem(b):
+        return 10 + 5 * b + min(4 * b, 16)
+
+    for usable in range(0, 200):
+        want = max((b for b in range(0, 100) if b == 0 or mem(b) <= usable), default=0)
+        assert closed_form_max_batch(usable, 10, 5, 1, 4, 16)[0] == want, usable
 
 
 def test_valid_tp_degrees_are_what_min_gpus_searches():

@@ -28,6 +28,17 @@ def test_cached_values_are_quantkits_numbers(small_plan, options_plan):
         assert all(k[0] == "Plan" for k in empty)
 
 
+def test_plans_cover_both_sides_of_the_prefill_chunk(small_plan, options_plan):
+    """Rows whose prefill pass is capped by the chunk and rows below it; and largest batches found
+    by either branch of the closed form (b1 x context >= chunk, or the linear b2)."""
+    for (plan, rows, _), need_linear_batch in ((small_plan, False), (options_plan, True)):
+        chunk = plan.assumptions.prefill_chunk
+        sides = {r["batch"] * r["context"] >= chunk for r in rows}
+        assert sides == {True, False}, plan.name
+        branches = {r["max_batch"] * r["context"] >= chunk for r in rows if r["max_batch"]}
+        assert branches == ({True, False} if need_linear_batch else {True}), plan.name
+
+
 def test_the_check_can_fail(small_plan, tmp_path):
     """A wrong cached value is reported: the comparison is not vacuous."""
     _, _, path = small_plan
@@ -144,19 +155,19 @@ def test_permission_denied_is_a_one_line_error(small_plan, tmp_path, monkeypatch
     """What a read-only folder does for a non-root user (CI runs as root, where chmod can't show it)."""
     import errno
     import os
-
-    from quantkit.plan import export
+    import tempfile
 
     plan, rows, _ = small_plan
 
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(export.tempfile, "mkstemp", denied)
+    # patched on the modules themselves: whichever module does the writing (export, fsutil) fails
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
     with pytest.raises(InputError, match=r"^cannot write .*plan\.json: Permission denied$"):
         write_plan(plan, rows, tmp_path / "plan.json", "json")
     monkeypatch.undo()
-    monkeypatch.setattr(export.os, "replace", denied)
+    monkeypatch.setattr(os, "replace", denied)
     with pytest.raises(InputError, match=r"^cannot write .*plan\.json: Permission denied$"):
         write_plan(plan, rows, tmp_path / "plan.json", "json")
     assert list(tmp_path.iterdir()) == []  # the temporary file went too
