@@ -7,8 +7,6 @@ to stdout (a table, or JSON with ``--format json``), progress and notes to stder
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -107,11 +105,6 @@ def eval_command(model, compare, ppl, ctx, stride, max_tokens, speed, batches, p
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from quantkit.fsutil import atomic_write
+
+    atomic_write(path, text.encode())

@@ -31,14 +31,17 @@ def parse_size(text: str) -> int:
 @click.command("quantize")
 @click.argument("model")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
-              help="Output folder (written atomically; refused if it exists, unless --force).")
+              help="New output folder, written atomically; its parent folder must exist, and it may "
+                   "not be, contain or lie inside MODEL.")
 @click.option("--method", default=None, metavar="METHOD",
               help=f"One of: {', '.join(METHODS)} [default: int8, or the recipe's].")
 @click.option("--group-size", type=int, default=None,
               help="int8: one scale per N input columns [default: one per output channel].")
 @click.option("--skip", multiple=True, metavar="PATTERN",
-              help="Module name or glob kept unquantized; repeat for several. Replaces the default "
-                   "(lm_head), so add --skip lm_head to keep it; --skip none quantizes every Linear.")
+              help="Linear module kept unquantized: full name (model.layers.0.mlp.down_proj), last "
+                   "part (lm_head) or glob (*.mlp.*); repeat for several. Given at all, the list "
+                   "REPLACES the default skip list (lm_head): add --skip lm_head to keep lm_head in "
+                   "bf16; --skip none quantizes every Linear. A pattern matching no Linear is an error.")
 @click.option("--scale-dtype", default=None, metavar="DTYPE",
               help=f"int8 scale storage dtype: {', '.join(SCALE_DTYPES)} [default: bf16].")
 @click.option("--threshold", type=float, default=None,
@@ -49,7 +52,9 @@ def parse_size(text: str) -> int:
               help="Where to load and quantize the model.")
 @click.option("--max-shard-size", default="5GB", show_default=True,
               help="Largest safetensors shard (GB = 10^9 bytes, GiB = 2^30 bytes).")
-@click.option("--force", is_flag=True, help="Replace an existing --out folder (after the new one is complete).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing --out that is an empty folder or a quantkit checkpoint "
+                   "(once the new one is complete); anything else is refused.")
 @handle_errors
 def quantize_command(model, out, method, group_size, skip, scale_dtype, threshold, recipe, device,
                      max_shard_size, force):
@@ -60,7 +65,6 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
     at a time; OUT gets safetensors shards, config.json with a quantization_config, and
     quant_report.json. The per-layer errors and byte totals are printed.
     """
-    from quantkit.errors import OutputExistsError
     from quantkit.quantizers.recipes import build_config, load_recipe
 
     if method is not None:
@@ -75,19 +79,27 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
     rec = load_recipe(recipe) if recipe else None
     config = build_config(rec, method=method, group_size=group_size, skip=skip,
                           scale_dtype=scale_dtype, threshold=threshold)
-    if out.exists() and not force:
-        raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
     from quantkit.modelio import build_model, check_causal_lm, check_weights, read_config, resolve_model_dir
+    from quantkit.quantizers.checkpoint import check_output_dir
 
-    model_dir = resolve_model_dir(model)
-    if out.resolve() == model_dir.resolve():
-        raise InputError("--out must not be the MODEL folder itself")
-    check_causal_lm(read_config(model_dir))
+    # --out is checked before any work (and before a Hub download): not MODEL, not inside or
+    # around it, parent exists, replaced only with --force and only if empty or a checkpoint.
+    model_dir = resolve_model_dir(model) if Path(model).expanduser().exists() else None
+    check_output_dir(out, force, model_dir)
+    if model_dir is None:
+        model_dir = resolve_model_dir(model)  # a Hub id, fetched into the Hugging Face cache
+        check_output_dir(out, force, model_dir)
+    cfg = read_config(model_dir)
+    check_causal_lm(cfg)
     check_weights(model_dir)  # headers only: a damaged checkpoint fails before any model is built
 
     import torch
 
-    from quantkit.quantizers.api import quantize
+    from quantkit.modelio import empty_model
+    from quantkit.quantizers.api import check_skip, linear_modules, quantize
+
+    # --skip typos fail now, on the meta-device model's Linear names, not after loading the weights.
+    check_skip(config, [n for n, _ in linear_modules(empty_model(cfg, torch.bfloat16))])
     from quantkit.quantizers.checkpoint import save_quantized
     from quantkit.quantizers.report import render
 

@@ -7,8 +7,6 @@ The file is written to a temporary name in the same folder and then renamed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +30,9 @@ def plot_results(report: dict[str, Any], path: str | Path) -> Path:
     _decode(axes[1], rows, names, report.get("speed"))
     _memory(axes[2], rows, names, report.get("speed"))
     fig.suptitle(f"quantkit eval: {report['model']} on {report['device_name']} ({report['device']})")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from quantkit.fsutil import atomic_write
+
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     return path
 
 

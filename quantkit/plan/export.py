@@ -7,12 +7,12 @@ caches and recalculates); only the table converts units (GB = 10^9 and GiB = 2^3
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import IO, Callable
 
 from quantkit.errors import InputError, OutputExistsError
 from quantkit.export.render import Column, render_csv, render_json, render_table
+from quantkit.fsutil import atomic_write
 from quantkit.plan.definition import Plan
 from quantkit.plan.rows import ROW_KEYS, plan_json
 
@@ -70,34 +70,13 @@ def check_writable(path: Path, force: bool) -> None:
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None], force: bool = False) -> None:
-    """Write through ``write(file)`` to a temporary file in the same folder, then rename it.
+    """Write through ``write(file)`` to a temporary file in the same folder, then rename it
+    (``quantkit.fsutil.atomic_write``: fsynced, mode 0o666 minus the umask like a plain open).
 
     Nothing is left behind on failure; an existing ``path`` is replaced only with ``force``.
     """
     check_writable(path, force)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        if path.exists() and not force:  # appeared while we worked
-            raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
-        os.replace(tmp, path)
-    except OSError as exc:
-        _remove(tmp)
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
+    atomic_write(path, write, overwrite=force)
 
 
 def write_plan(plan: Plan, rows: list[dict], path: Path, fmt: str, force: bool = False,

@@ -9,7 +9,8 @@ Example::
 The swap is in place and goes one module at a time (progress bar on stderr): each weight is
 read, quantized in fp32 and released before the next, so peak memory beyond the model is about
 one layer. Which modules are skipped is decided by ``quantkit.selection.is_skipped`` (default
-``lm_head``; embeddings are not ``nn.Linear`` and are never touched).
+``lm_head``; embeddings are not ``nn.Linear`` and are never touched); a skip pattern other than the
+default that matches no ``nn.Linear`` is a ``ConfigError`` (a typo must not quantize a kept layer).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from quantkit.errors import ConfigError
 from quantkit.quantizers.configs import METHODS, QuantConfig, handler_for
 from quantkit.quantizers.report import QuantReport, estimated_checkpoint_bytes
-from quantkit.selection import is_skipped
+from quantkit.selection import DEFAULT_SKIP, is_skipped
 
 __all__ = ["quantize", "QuantConfig", "METHODS", "handler_for"]
 
@@ -40,7 +41,7 @@ def linear_modules(model):
         if isinstance(mod, Int8Linear):
             raise ConfigError(f"'{name}' is already quantized (Int8Linear)")
         if isinstance(mod, nn.Linear):
-            if type(mod).__module__.startswith("bitsandbytes"):
+            if any(c.__module__.startswith("bitsandbytes") for c in type(mod).__mro__):
                 raise ConfigError(f"'{name}' is already quantized ({type(mod).__name__})")
             out.append((name, mod))
     return out
@@ -65,6 +66,7 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
     bytes_before = tensor_bytes(dedup_shared(model.state_dict()))
 
     linears = linear_modules(model)
+    check_skip(config, [n for n, _ in linears])
     targets = [n for n, _ in linears if not is_skipped(n, config.skip)]
     skipped = [n for n, _ in linears if is_skipped(n, config.skip)]
     if not targets:
@@ -100,6 +102,42 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
         bytes_after=tensor_bytes(state),
         estimated_bytes=estimate,
         seconds=time.perf_counter() - start,
+    )
+
+
+def check_skip(config: QuantConfig, names: list[str]) -> None:
+    """``check_skip_patterns`` for ``config.skip`` unless it is the default list, which may name
+    nothing (a model whose output layer is not an ``nn.Linear`` called lm_head) without error.
+    ``names``: the model's ``nn.Linear`` module names (a meta-device model gives them for free)."""
+    if tuple(config.skip) != DEFAULT_SKIP:
+        check_skip_patterns(config.skip, names)
+
+
+def check_skip_patterns(patterns, names: list[str]) -> None:
+    """``ConfigError`` naming every skip pattern that matches none of ``names`` (the model's
+    ``nn.Linear`` module names), with the kinds of names that do match and a close match if any:
+    a typo such as ``lm_haed`` must not quietly quantize the layer it meant to keep."""
+    from difflib import get_close_matches
+
+    unmatched = [p for p in patterns if not any(is_skipped(n, (p,)) for n in names)]
+    if not unmatched:
+        return
+    if not names:
+        raise ConfigError("the model has no nn.Linear modules, so no skip pattern can match")
+    lasts = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))  # unique, in module order
+    shown = ", ".join(repr(x) for x in lasts[:10]) + (", ..." if len(lasts) > 10 else "")
+    hints = []
+    for p in unmatched:
+        is_glob = any(c in p for c in "*?[")  # a near-miss name is no hint for a glob
+        close = [] if is_glob else get_close_matches(p, lasts + names, n=1)
+        hints.append(f"'{p}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    first = names[0]
+    glob = f"{first.rsplit('.', 1)[0]}.*" if "." in first else f"{first}*"
+    raise ConfigError(
+        f"skip pattern{'s' if len(unmatched) > 1 else ''} {', '.join(hints)} "
+        f"match{'' if len(unmatched) > 1 else 'es'} no nn.Linear module of the model; a pattern is "
+        f"a full module name ('{first}'), its last part ({shown}) or a "
+        f"glob ('{glob}')"
     )
 
 

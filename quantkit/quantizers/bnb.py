@@ -6,6 +6,10 @@ bitsandbytes' own ``int8_vectorwise_quant`` from the fp16 weight, exactly as ``L
 does. At run time activations are quantized per token and input columns with any |x| > threshold
 run in fp16 (threshold 0 disables that outlier path).
 
+The modules are a ``Linear8bitLt`` subclass whose forward only silences bitsandbytes' per-call
+"inputs will be cast to float16" log notice (the cast is this method's design); the math is
+bitsandbytes'.
+
 Measured on CPU with bitsandbytes 0.50.2 and torch 2.13 (CPU build): ``Linear8bitLt`` runs there
 in eval mode (the int8 path with outlier decomposition; in train mode bitsandbytes dequantizes the
 weight instead), so this method needs no GPU. Call ``model.eval()`` before comparing numbers.
@@ -20,13 +24,16 @@ with ``transformers.from_pretrained`` was not tested here.
 
 from __future__ import annotations
 
+import contextvars
+import logging
+
 import torch
 from torch import nn
 
 from quantkit.errors import DependencyError, InputError
 from quantkit.quantizers.configs import LLMInt8Config
 from quantkit.quantizers.int8 import BIAS_DTYPE, QMAX
-from quantkit.quantizers.report import LayerReport, layer_report
+from quantkit.quantizers.report import layer_report
 
 MIN_VERSION = (0, 45)  # first bitsandbytes release whose Linear8bitLt runs on CPU
 FP16_MAX = 65504.0  # bitsandbytes quantizes from fp16; larger weights would overflow
@@ -50,6 +57,48 @@ def _module_class():
     return bnb().nn.Linear8bitLt
 
 
+# bitsandbytes logs "MatMul8bitLt: inputs will be cast from <dtype> to float16 during
+# quantization" (logger.warning, bitsandbytes/autograd/_functions.py, 0.45-0.50) on EVERY forward
+# whose activations are not fp16, i.e. on every call with quantkit's bf16/fp32 activations, where
+# the cast is LLM.int8()'s design, not a problem. The filter below drops exactly that record, and
+# only while a quantkit-built layer is running its forward (a context variable, so other threads
+# and bitsandbytes layers built elsewhere still log it).
+_CAST_MESSAGE = "MatMul8bitLt: inputs will be cast from"
+_BNB_LOGGER = "bitsandbytes.autograd._functions"
+_IN_QUANTKIT_FORWARD = contextvars.ContextVar("quantkit_bnb_forward", default=False)
+
+
+class _CastNoticeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_IN_QUANTKIT_FORWARD.get() and str(record.msg).startswith(_CAST_MESSAGE))
+
+
+_quiet_class = None
+
+
+def _quiet_module_class():
+    """``Linear8bitLt`` whose forward drops bitsandbytes' per-call cast notice (see above)."""
+    global _quiet_class
+    if _quiet_class is None:
+        logger = logging.getLogger(_BNB_LOGGER)
+        if not any(isinstance(f, _CastNoticeFilter) for f in logger.filters):
+            logger.addFilter(_CastNoticeFilter())
+
+        class QuietLinear8bitLt(_module_class()):
+            """``bitsandbytes.nn.Linear8bitLt`` without the per-call cast notice; same math."""
+
+            def forward(self, x):
+                token = _IN_QUANTKIT_FORWARD.set(True)
+                try:
+                    return super().forward(x)
+                finally:
+                    _IN_QUANTKIT_FORWARD.reset(token)
+
+        QuietLinear8bitLt.__qualname__ = "QuietLinear8bitLt"
+        _quiet_class = QuietLinear8bitLt
+    return _quiet_class
+
+
 def __getattr__(name):
     # MODULE_CLASS is looked up lazily so that importing this file never imports bitsandbytes.
     if name == "MODULE_CLASS":
@@ -61,8 +110,8 @@ def _build(cb: torch.Tensor, scb: torch.Tensor, bias, threshold: float):
     b = bnb()
     out_f, in_f = cb.shape
     with torch.device("meta"):
-        mod = b.nn.Linear8bitLt(in_f, out_f, bias=bias is not None, has_fp16_weights=False,
-                                threshold=threshold)
+        mod = _quiet_module_class()(in_f, out_f, bias=bias is not None, has_fp16_weights=False,
+                                    threshold=threshold)
     # The state Linear8bitLt reaches after .to(device) quantized its weight: data = CB, plus SCB.
     mod.weight = b.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb)
     if bias is not None:

@@ -57,12 +57,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 from quantkit.errors import ConfigError, InputError, OutputExistsError
+from quantkit.fsutil import atomic_dir, atomic_write
 from quantkit.quantizers.configs import QuantConfig, handler_for
 
 FORMAT_VERSION = 1
@@ -124,43 +122,76 @@ def collect_state(model, config: QuantConfig) -> tuple[dict, list[str], list[str
     return dedup_shared(state), quantized, skipped
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out, force: bool = False):
-    """Yield a fresh temp folder next to ``out``; on success it becomes ``out``, on any error it is
-    removed. An existing ``out`` is refused (``OutputExistsError``) unless ``force``, and then
-    replaced only once the new folder is complete."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+def is_quantkit_checkpoint(folder) -> bool:
+    """True if ``folder`` has a config.json whose quantization_config holds a ``quantkit`` block."""
     try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON
+        return False
+    qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    return isinstance(qc, dict) and isinstance(qc.get("quantkit"), dict)
+
+
+def check_output_dir(out, force: bool = False, model_dir=None) -> Path:
+    """Refuse an output folder that would lose data, before any work; return ``out``.
+
+    Refused (``InputError``, ``OutputExistsError``): an ``out`` that is the model folder, contains
+    it or lies inside it (symlinks resolved); a missing parent folder (none is created); an
+    existing ``out`` without ``force``; with ``force``, an existing ``out`` that is not an empty
+    folder or a quantkit checkpoint (a file, or a folder of other things, is never deleted).
+    """
+    out = Path(out)
+    target = out.resolve()  # what a write would land in, symlinks followed
+    if model_dir is not None:
+        model = Path(model_dir).resolve()
+        if target == model:
+            raise InputError(f"--out '{out}' is the MODEL folder; choose a new folder for the output")
+        if target in model.parents:
+            raise InputError(f"--out '{out}' contains the MODEL folder '{model_dir}'; replacing it "
+                             "would delete the model: choose a new folder outside it")
+        if model in target.parents:
+            raise InputError(f"--out '{out}' is inside the MODEL folder '{model_dir}'; "
+                             "choose a new folder outside it")
+    entry = _entry(out)
+    if not entry.name:
+        raise InputError(f"--out '{out}' is the filesystem root; choose a new folder")
+    parent = entry.parent
+    if not parent.is_dir():
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise InputError(f"cannot write '{out}': the folder '{parent}' {why}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write '{out}': the folder '{parent}' is not writable")
+    if entry.exists() or entry.is_symlink():
+        if not force:
+            raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
+        if not entry.is_dir():
+            raise InputError(f"--force replaces only an empty folder or a quantkit checkpoint, and "
+                             f"'{out}' is not a folder; remove it yourself or choose another --out")
+        if any(entry.iterdir()) and not is_quantkit_checkpoint(entry):
+            raise InputError(f"--force replaces only an empty folder or a quantkit checkpoint, and "
+                             f"'{out}' holds other files (no config.json with a quantization_config."
+                             "quantkit block); remove it yourself or choose another --out")
+    return out
+
+
+def _entry(out: Path) -> Path:
+    # The directory entry a write replaces: the parent resolved, the last component kept as it
+    # is (a symlink named as --out is replaced, its target left alone). "." and ".." resolve.
+    if out.name in ("", ".", ".."):
+        return out.resolve()
+    return out.parent.resolve() / out.name
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out, force: bool = False, model_dir=None):
+    """Yield a fresh temp folder next to ``out``; on success it becomes ``out``, on any error it is
+    removed (``quantkit.fsutil.atomic_dir``). ``out`` is checked first (``check_output_dir``): an
+    existing one is replaced only with ``force``, only once the new folder is complete, and only
+    if it is an empty folder or a quantkit checkpoint; ``model_dir`` (the source model) is never
+    inside, around or equal to ``out``."""
+    check_output_dir(out, force, model_dir)
+    with atomic_dir(_entry(Path(out)), replace=force) as tmp:
         yield tmp
-        _default_modes(tmp)
-        if out.exists() or out.is_symlink():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def _default_modes(folder: Path) -> None:
-    # mkdtemp makes a 0700 folder and safetensors writes 0600 files; give the finished output
-    # the modes a plain mkdir/open would have (umask applied).
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        if f.is_file():
-            f.chmod(0o666 & ~umask)
 
 
 def write_shards(state: dict, folder: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
@@ -189,7 +220,7 @@ def write_shards(state: dict, folder: Path, max_shard_bytes: int = DEFAULT_MAX_S
         weight_map.update({k: fname for k in names})
     if n > 1:
         index = {"metadata": {"total_size": tensor_bytes(state)}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        atomic_write(folder / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
     return files
 
 
@@ -223,8 +254,10 @@ def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=N
                    force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """Write a quantized ``model`` (a transformers causal LM after ``quantize``) to ``out`` atomically.
 
-    report: a ``QuantReport`` written as quant_report.json; source_dir: tokenizer files are copied
-    from it. Returns ``out``.
+    report: a ``QuantReport`` written as quant_report.json; source_dir: the source model folder,
+    whose tokenizer files are copied and which ``out`` may not be, contain or lie inside.
+    ``out``'s parent folder must exist; an existing ``out`` is replaced only with ``force`` and
+    only if it is an empty folder or a quantkit checkpoint (``check_output_dir``). Returns ``out``.
     """
     from quantkit.modelio import copy_tokenizer_files
 
@@ -233,11 +266,11 @@ def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=N
     state, quantized, skipped = collect_state(model, config)
     cfg = model.config.to_dict()
     cfg["quantization_config"] = quantization_config(config, quantized, skipped)
-    with atomic_output_dir(out, force) as tmp:
+    with atomic_output_dir(out, force, model_dir=source_dir) as tmp:
         write_shards(state, tmp, max_shard_bytes)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        atomic_write(tmp / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if report is not None:
-            (tmp / "quant_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            atomic_write(tmp / "quant_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
         if source_dir is not None:
             copy_tokenizer_files(source_dir, tmp)
     return Path(out)

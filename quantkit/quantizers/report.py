@@ -110,6 +110,7 @@ def render(report: QuantReport, max_rows: int | None = None) -> str:
     totals = [
         ["method", report.method],
         ["layers quantized / skipped", f"{len(report.layers)} / {len(report.skipped)}"],
+        ["skip patterns", _skip_patterns(report.config.get("skip"))],
         ["skipped", ", ".join(report.skipped) or "-"],
         ["bytes before", _bytes(report.bytes_before)],
         ["bytes after", _bytes(report.bytes_after)],
@@ -119,6 +120,17 @@ def render(report: QuantReport, max_rows: int | None = None) -> str:
     ]
     lines.append(tabulate(totals, tablefmt="plain", disable_numparse=True))
     return "\n".join(lines)
+
+
+def _skip_patterns(skip) -> str:
+    from quantkit.selection import DEFAULT_SKIP
+
+    if skip is None:
+        return "-"
+    given = ", ".join(skip) or "none"
+    if tuple(skip) == DEFAULT_SKIP:
+        return f"{given} (the default)"
+    return f"{given} (replaces the default: {', '.join(DEFAULT_SKIP)})"
 
 
 def _bytes(n: int) -> str:

@@ -71,3 +71,30 @@ def test_threshold_keeps_outlier_columns_exact(bitsandbytes):
             errs[th] = float((mod.eval()(x).float() - ref).norm() / ref.norm())
     print(f"threshold 0: {errs[0.0]:.4%}, threshold 6: {errs[6.0]:.4%}")
     assert errs[6.0] < errs[0.0] / 2
+
+
+def test_cast_notice_silenced_only_inside_quantkit_layers(bitsandbytes, caplog):
+    """bitsandbytes logs "MatMul8bitLt: inputs will be cast from ... to float16" on every forward with
+    non-fp16 activations; quantkit's layers drop exactly that record, bitsandbytes' own layers don't."""
+    import logging
+
+    from quantkit.quantizers.bnb import quantize_module
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    mod, _ = quantize_module("fc", lin, quantkit.QuantConfig(method="llm.int8"))
+    assert isinstance(mod, bitsandbytes.nn.Linear8bitLt)
+    mod.eval()
+    caplog.set_level(logging.WARNING)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16, torch.float32):
+            mod(torch.randn(2, 64, dtype=dtype))
+    assert [r.getMessage() for r in caplog.records] == []
+
+    plain = bitsandbytes.nn.Linear8bitLt(64, 32, has_fp16_weights=False)
+    plain.load_state_dict(lin.state_dict())
+    plain.eval()
+    with torch.no_grad():
+        plain(torch.randn(2, 64))
+    assert [r.getMessage() for r in caplog.records] == [
+        "MatMul8bitLt: inputs will be cast from torch.float32 to float16 during quantization"]

@@ -38,8 +38,16 @@ def test_existing_output_refused_then_replaced_with_force(quantized, tmp_path):
     with pytest.raises(OutputExistsError, match=r"^'.*/q' exists; pass --force to replace it$"):
         save_quantized(quantized, out, CONFIG)
     assert (out / "keep.txt").read_text() == "old"
-    save_quantized(quantized, out, CONFIG, force=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    # --force never deletes a folder that is neither empty nor a quantkit checkpoint.
+    with pytest.raises(InputError, match=r"^--force replaces only an empty folder or a quantkit checkpoint, "
+                                         r"and '.*/q' holds other files"):
+        save_quantized(quantized, out, CONFIG, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    save_quantized(quantized, out, CONFIG, force=True)  # an empty folder is replaced
+    (out / "stale.txt").write_text("old")
+    save_quantized(quantized, out, CONFIG, force=True)  # so is a quantkit checkpoint, all of it
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
     assert _leftovers(tmp_path) == []
 
 
@@ -53,12 +61,15 @@ def test_failure_mid_write_leaves_nothing(quantized, tmp_path, monkeypatch):
         save_quantized(quantized, tmp_path / "q", CONFIG)
     assert not (tmp_path / "q").exists() and _leftovers(tmp_path) == []
 
-    # With --force, the old output survives a failed replacement untouched.
-    (tmp_path / "q").mkdir()
-    (tmp_path / "q" / "old.txt").write_text("old")
+    # With --force, the old checkpoint survives a failed replacement untouched.
+    monkeypatch.undo()
+    save_quantized(quantized, tmp_path / "q", CONFIG)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "q").iterdir()}
+    monkeypatch.setattr(checkpoint, "write_shards", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         save_quantized(quantized, tmp_path / "q", CONFIG, force=True)
-    assert (tmp_path / "q" / "old.txt").read_text() == "old" and _leftovers(tmp_path) == []
+    assert {p.name: p.read_bytes() for p in (tmp_path / "q").iterdir()} == before
+    assert _leftovers(tmp_path) == []
 
 
 def test_atomic_output_dir_on_keyboard_interrupt(tmp_path):
@@ -122,3 +133,29 @@ def test_load_unknown_quantized_module(saved):
     _edit_config(saved, lambda c: c["quantization_config"]["quantkit"]["quantized_modules"].append("model.nope"))
     with pytest.raises(InputError, match=r"quantized module 'model.nope' does not exist"):
         load_quantized(saved)
+
+
+def test_save_refuses_a_missing_parent_and_the_model_folder(quantized, tiny_model, tmp_path):
+    with pytest.raises(InputError, match=r"^cannot write '.*/missing/q': the folder '.*/missing' does not exist$"):
+        save_quantized(quantized, tmp_path / "missing" / "q", CONFIG)
+    assert list(tmp_path.iterdir()) == []
+    src = tiny_model("llama")
+    files = sorted(p.name for p in src.iterdir())
+    for out, why in ((src, "is the MODEL folder"), (src.parent, "contains the MODEL folder"),
+                     (src / "q", "is inside the MODEL folder")):
+        with pytest.raises(InputError, match=why):
+            save_quantized(quantized, out, CONFIG, source_dir=src, force=True)
+    assert sorted(p.name for p in src.iterdir()) == files
+
+
+def test_checkpoint_modes_follow_the_umask(quantized, tmp_path):
+    import os
+
+    old = os.umask(0o077)
+    try:
+        save_quantized(quantized, tmp_path / "q", CONFIG, max_shard_bytes=20_000)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "q").stat().st_mode & 0o777 == 0o700
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "q").iterdir()}
+    assert "model.safetensors.index.json" in modes and set(modes.values()) == {0o600}

@@ -148,3 +148,56 @@ def test_build_model_refuses_quantized_input(tiny_model, tmp_path):
                                           r"'compressed-tensors'\)"):
         build_model(src)
     shutil.rmtree(src)
+
+
+@pytest.mark.parametrize("reader", ["plain reads", "safe_open"])
+def test_fp32_checkpoint_is_cast_one_tensor_at_a_time(reader, tmp_path, monkeypatch):
+    """Loading fp32 weights as bf16 casts each tensor as it is read: when a tensor is cast, every
+    fp32 tensor read before it is already gone (no fp32 copy of the file is held), and the result
+    equals safetensors' own reading, cast. CPU loads use plain reads; safe_open is the path for
+    other devices, big-endian hosts and dtypes torch lacks (forced here by hiding one)."""
+    import weakref
+
+    from quantkit import modelio
+
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    stored = {f"layer{i}.weight": torch.randn(64, 48) for i in range(6)}
+    stored.update({
+        "q.weight": torch.randint(-127, 128, (8, 16), dtype=torch.int8),  # integers keep their dtype
+        "h.bias": torch.randn(5, dtype=torch.float16), "d.scale": torch.randn(3, dtype=torch.float64),
+        "b.weight": torch.randn(4, 4, dtype=torch.bfloat16), "ids": torch.arange(7, dtype=torch.int64),
+        "mask": torch.tensor([True, False, True]), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4),
+    })
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    save_file(stored, str(tmp_path / "model.safetensors"))
+
+    alive, cast_calls = [], []
+    real_to = torch.Tensor.to
+
+    def spy_to(self, *args, **kwargs):
+        if self.dtype == torch.float32:
+            assert all(ref() is None for ref in alive), "an fp32 tensor read earlier is still held"
+            alive.append(weakref.ref(self))
+            cast_calls.append(tuple(self.shape))
+        return real_to(self, *args, **kwargs)
+
+    if reader == "safe_open":  # as if this torch had no bool dtype
+        monkeypatch.delitem(modelio._ST_DTYPES, "BOOL")
+    monkeypatch.setattr(torch.Tensor, "to", spy_to)
+    state = load_state_dict(tmp_path, dtype=torch.bfloat16)
+    monkeypatch.undo()
+    assert len(cast_calls) == 8  # the six fp32 matrices, the fp32 scalar and the empty fp32 tensor
+
+    want = load_file(str(tmp_path / "model.safetensors"))
+    assert set(state) == set(want)
+    for name, t in want.items():
+        expected = t.to(torch.bfloat16) if t.is_floating_point() else t
+        assert state[name].dtype == expected.dtype and torch.equal(state[name], expected), name
+    assert load_state_dict(tmp_path)["layer0.weight"].dtype == torch.float32  # no dtype: as stored
+
+
+def test_build_model_of_an_fp32_checkpoint_is_bf16(stories_dir):
+    model = build_model(stories_dir)  # stories260K is stored in fp32
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -162,3 +162,36 @@ def test_quantizing_twice_is_refused(tiny_model):
     quantkit.quantize(model, progress=False)
     with pytest.raises(ConfigError, match=r"^'model.layers.0.self_attn.q_proj' is already quantized \(Int8Linear\)$"):
         quantkit.quantize(model, progress=False)
+
+
+def test_skip_pattern_matching_nothing_is_an_error(tiny_model):
+    model = build_model(tiny_model("llama"))
+    with pytest.raises(ConfigError, match=r"^skip pattern 'lm_haed' \(did you mean 'lm_head'\?\) matches no "
+                                          r"nn.Linear module of the model; a pattern is a full module name "
+                                          r"\('model.layers.0.self_attn.q_proj'\), its last part \('q_proj', .*"):
+        quantkit.quantize(model, quantkit.QuantConfig(skip=["lm_haed"]), progress=False)
+    with pytest.raises(ConfigError, match=r"^skip patterns 'model.layers.9.\*', 'o_prj' \(did you mean 'o_proj'\?\) "
+                                          r"match no nn.Linear"):
+        quantkit.quantize(model, quantkit.QuantConfig(skip=["lm_head", "model.layers.9.*", "o_prj"]),
+                          progress=False)
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))  # nothing swapped
+
+
+def test_default_skip_never_errors():
+    """The default ("lm_head") is not checked: a model whose output layer has another name (or a
+    plain module tree) quantizes every Linear, as before."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8)).to(torch.bfloat16)
+    report = quantkit.quantize(model, quantkit.QuantConfig(), progress=False)
+    assert len(report.layers) == 2 and report.skipped == []
+
+
+def test_tied_lm_head_is_a_linear_that_lm_head_matches(stories_dir):
+    """stories260K ties lm_head to the embeddings: transformers still builds lm_head as an nn.Linear
+    (sharing the embedding matrix), so the default and an explicit lm_head pattern both match it."""
+    for skip in (None, ["lm_head", "*.down_proj"]):
+        model = build_model(stories_dir)
+        assert type(model.lm_head) is nn.Linear
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+        config = quantkit.QuantConfig() if skip is None else quantkit.QuantConfig(skip=skip)
+        report = quantkit.quantize(model, config, progress=False)
+        assert "lm_head" in report.skipped and type(model.lm_head) is nn.Linear
