@@ -76,6 +76,9 @@ def eval_command(model, compare, ppl, ctx, stride, max_tokens, speed, batches, p
 
     if output is not None and not output.parent.is_dir():
         raise InputError(f"--output: folder '{output.parent}' does not exist")
+    for flag, path in (("--output", output), ("--plot", plot)):
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{flag}: '{path}' is a folder; give a file name")
     if plot is not None:
         check_plot_path(plot)
     opts = EvalOptions(compare=compare, ppl=ppl, ctx=ctx, stride=stride, max_tokens=max_tokens,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from quantkit.errors import DependencyError, OutOfMemoryError
+from quantkit.errors import DependencyError, InputError, OutOfMemoryError
 from quantkit.evaluator.options import EvalOptions
 
 SPEED_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_allocated_bytes",
@@ -58,7 +58,14 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
 
     DecoderArgs.from_hf_config(cfg)  # ConfigError: unsupported architecture or bad field
 
+    max_ctx = cfg.get("max_position_embeddings")
+    if opts.ppl is not None and isinstance(max_ctx, int) and opts.ctx > max_ctx:
+        raise InputError(f"--ctx {opts.ctx} exceeds the model's max_position_embeddings ({max_ctx}); "
+                         f"perplexity beyond it is not meaningful: use --ctx {max_ctx} or less")
     device = resolve_device(opts.device)
+    if opts.speed and device.type != "cuda" and opts.ppl is None:
+        raise DependencyError("--speed measures GPU speed and memory and needs a CUDA device; on "
+                              "this machine pass --ppl FILE for perplexity")
     notes: list[str] = []
     tokens = None
     if source is not None:
@@ -147,10 +154,21 @@ def _speed(variants, opts: EvalOptions, device, gpu, rows, notes) -> dict:
         v.runner.to("cpu")
     torch.cuda.empty_cache()
     for v in variants:
-        v.runner.to(device)
+        try:
+            v.runner.to(device)
+        except torch.cuda.OutOfMemoryError:
+            raise OutOfMemoryError(
+                f"CUDA out of memory moving {v.spec.name} to the GPU for --speed; 'quantkit estimate' "
+                f"with --dtype {v.est_dtype} says what fits") from None
+        graphs = opts.graphs
+        if v.spec.method == "llm.int8" and graphs != "none":
+            # bitsandbytes' int8 matmul syncs with the host (outlier check): not capturable
+            graphs = "none"
+            notes.append(f"speed {v.spec.name}: decoded eagerly (bitsandbytes cannot be captured "
+                         f"in a CUDA graph or compiled whole)")
         per_batch = []
         for b in opts.batches:
-            r = measure_speed(v.runner, b, opts.prompt_len, opts.new_tokens, graphs=opts.graphs,
+            r = measure_speed(v.runner, b, opts.prompt_len, opts.new_tokens, graphs=graphs,
                               est_dtype=v.est_dtype, group_size=v.group_size, gpu=gpu)
             if r.error:
                 notes.append(f"speed {v.spec.name} batch {b}: {r.error}")

@@ -183,7 +183,7 @@ class Attention(nn.Module):
         if T > 1 and rep > 1:
             mask = mask[None].expand(rep, -1, -1).reshape(rep * T, -1)
         out = F.scaled_dot_product_attention(qf, cache.k, cache.v, attn_mask=mask)
-        return out.view(B, H, T, D)
+        return out.reshape(B, H, T, D)  # CUDA SDPA kernels return a transposed (non-contiguous) layout
 
 
 class MLP(nn.Module):

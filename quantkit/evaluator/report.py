@@ -38,7 +38,7 @@ def render_report(report: dict[str, Any]) -> str:
     if p is not None:
         stride = "non-overlapping" if p["stride"] is None else f"strided, stride {p['stride']}"
         out.append(f"perplexity: {p['text']}, {p['tokens']:,} tokens ({'BOS first, ' if p['bos'] else ''}"
-                   f"{p['windows']} windows of ctx {p['ctx']}, {stride}, {p['predictions']:,} "
+                   f"{p['windows']} window{'s' if p['windows'] != 1 else ''} of ctx {p['ctx']}, {stride}, {p['predictions']:,} "
                    f"predictions); base for KL/top-1: {report['base'] or 'none'}")
     rows = []
     for r in report["results"]:

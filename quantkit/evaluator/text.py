@@ -58,7 +58,10 @@ def load_text(source: str) -> TextSource:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise InputError(f"{path}: no text (the file is empty or blank)")
+        return text
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
@@ -80,9 +83,10 @@ def _read_jsonl(path: Path) -> str:
             docs.append(obj)
         else:
             raise InputError(f"{path}:{lineno}: expected an object with a string 'text' field")
-    if not docs:
-        raise InputError(f"{path}: no documents")
-    return "\n\n".join(docs)
+    text = "\n\n".join(docs)
+    if not text.strip():
+        raise InputError(f"{path}: no text (no document has any)")
+    return text
 
 
 def _offline() -> bool:

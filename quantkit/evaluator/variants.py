@@ -106,7 +106,7 @@ def build_variants(model_dir: Path, specs: list[VariantSpec], device: torch.devi
     out = []
     for i, s in enumerate(specs):
         if s.kind == "checkpoint":
-            out.append(_checkpoint_variant(s, device))
+            out.append(_checkpoint_variant(s, device, model_dir))
             continue
         if i in users:
             src = stored if i == users[-1] else copy.deepcopy(stored)
@@ -138,12 +138,32 @@ def _quantize(runner: Decoder, s: VariantSpec, progress: bool) -> Decoder:
     return runner
 
 
-def _checkpoint_variant(s: VariantSpec, device) -> Variant:
+def _check_same_model(model_dir: Path, ckpt_dir) -> None:
+    """A saved checkpoint in --compare must have MODEL's architecture (it is scored with MODEL's
+    tokenizer and against MODEL's logits)."""
+    import json
+    from dataclasses import replace
+
+    from quantkit.errors import InputError
+    from quantkit.spec import ModelSpec
+
+    def arch(folder) -> ModelSpec:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+        cfg.pop("quantization_config", None)
+        return replace(ModelSpec.from_hf_config(cfg, name="x"), torch_dtype=None)
+
+    if arch(model_dir) != arch(ckpt_dir):
+        raise InputError(f"checkpoint {ckpt_dir} is not a variant of {model_dir}: its config.json "
+                         f"describes another architecture")
+
+
+def _checkpoint_variant(s: VariantSpec, device, base_dir: Path) -> Variant:
     import torch
 
     from quantkit.evaluator.loader import DTYPES, load_runner
 
     lm = load_runner(s.path)
+    _check_same_model(base_dir, s.path)
     q = lm.quantization
     if q is None:
         dtype = lm.runner.model.norm.weight.dtype

@@ -148,3 +148,31 @@ def test_sdpa_backend_is_read_from_the_profiler(tiny_model):
         assert sdpa_backends(lambda: runner(ids)) == ["cpu_flash"]
         assert sdpa_backends(lambda: runner.decode_step(ids[:, :1], torch.tensor([16]))) == ["cpu_flash"]
     assert sdpa_backends(lambda: None) == []
+
+
+def test_attention_accepts_non_contiguous_sdpa_output(monkeypatch, tiny_model):
+    """CUDA's flash/efficient SDPA kernels return a transposed, non-contiguous tensor; the CPU
+    kernel does not, so emulate that layout here."""
+    import torch
+    import torch.nn.functional as F
+
+    from quantkit.evaluator.loader import load_runner
+
+    real = F.scaled_dot_product_attention
+
+    def transposed(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out.transpose(1, 2).contiguous().transpose(1, 2)  # same values, CUDA-like strides
+
+    runner = load_runner(tiny_model("llama", num_key_value_heads=2)).runner.float()
+    ids = torch.randint(0, 100, (2, 7))
+
+    def decode():
+        runner.setup_cache(2, 8)
+        with torch.no_grad():
+            runner.prefill(ids[:, :6])
+            return runner.decode_step(ids[:, 6:7], torch.tensor([6]))  # the cached GQA path
+
+    expected = decode()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", transposed)
+    assert torch.equal(decode(), expected)

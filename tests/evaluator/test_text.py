@@ -22,7 +22,8 @@ def test_txt_and_jsonl(tmp_path):
 @pytest.mark.parametrize("content, msg", [
     ('{"text": "ok"}\n{"text": 3}\n', r"b.jsonl:2: expected an object with a string 'text' field"),
     ('{"text": "ok"}\n{oops\n', r"b.jsonl:2: not valid JSON"),
-    ("\n\n", "no documents"),
+    ("\n\n", "no text"),
+    ('{"text": "  "}\n', "no text"),
 ])
 def test_bad_jsonl_names_the_line(tmp_path, content, msg):
     (tmp_path / "b.jsonl").write_text(content)
