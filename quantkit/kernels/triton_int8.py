@@ -48,6 +48,27 @@ def _scale_tile(w, s_ptr, offs_n, offs_k, mask_n, mask_nk, k0, group_size, strid
 
 
 @triton.jit
+def _load_tiles(x_ptr, w_ptr, offs_m, offs_n, mask_m, mask_n, k0, k_end, stride_xm, stride_xk,
+                stride_wn, stride_wk, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """Load the (BLOCK_M, BLOCK_K) activation tile and the (BLOCK_N, BLOCK_K) int8 weight tile at
+    k0, masking columns at or past k_end unless EVEN_K; returns (x, w, offs_k, mask_nk)."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    offs_k = tl.max_contiguous(tl.multiple_of(offs_k, BLOCK_K), BLOCK_K)
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    if EVEN_K:
+        mask_nk = mask_n[:, None]
+        x = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
+        w = tl.load(w_ptrs, mask=mask_nk, other=0)
+    else:
+        mask_k = offs_k < k_end
+        mask_nk = mask_n[:, None] & mask_k[None, :]
+        x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=mask_nk, other=0)
+    return x, w, offs_k, mask_nk
+
+
+@triton.jit
 def _epilogue(acc, s_ptr, b_ptr, y_ptr, offs_m, offs_n, M, N, stride_sn, stride_ym, stride_yn,
               SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """acc (BLOCK_M, BLOCK_N) fp32 -> per-channel scale, bias, cast, masked store."""
@@ -95,19 +116,9 @@ def skinny_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, p_ptr,
         # loop, so the loop body is loads, converts and FMAs only (BM*BN*BK/threads registers)
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        offs_k = tl.max_contiguous(tl.multiple_of(offs_k, BLOCK_K), BLOCK_K)
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-        w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
-        if EVEN_K:
-            mask_nk = mask_n[:, None]
-            x = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=mask_nk, other=0)
-        else:
-            mask_k = offs_k < k_end
-            mask_nk = mask_n[:, None] & mask_k[None, :]
-            x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=mask_nk, other=0)
+        x, w, offs_k, mask_nk = _load_tiles(x_ptr, w_ptr, offs_m, offs_n, mask_m, mask_n, k0, k_end,
+                                            stride_xm, stride_xk, stride_wn, stride_wk, BLOCK_K,
+                                            EVEN_K)
         if USE_DOT and SCALE_MODE == 0:
             acc = tl.dot(x.to(DOT_DTYPE), tl.trans(w.to(DOT_DTYPE)), acc)
         else:
@@ -182,19 +193,9 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr,
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        offs_k = tl.max_contiguous(tl.multiple_of(offs_k, BLOCK_K), BLOCK_K)
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-        w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
-        if EVEN_K:
-            mask_nk = mask_n[:, None]
-            x = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=mask_nk, other=0)
-        else:
-            mask_k = offs_k < K
-            mask_nk = mask_n[:, None] & mask_k[None, :]
-            x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=mask_nk, other=0)
+        x, w, offs_k, mask_nk = _load_tiles(x_ptr, w_ptr, offs_m, offs_n, mask_m, mask_n, k0, K,
+                                            stride_xm, stride_xk, stride_wn, stride_wk, BLOCK_K,
+                                            EVEN_K)
         if SCALE_MODE == 0:
             wd = w.to(DOT_DTYPE)  # exact: |int8| <= 128 fits bf16/fp16 mantissas
         else:
