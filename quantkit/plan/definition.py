@@ -156,6 +156,19 @@ def _opt_positive(key: str, value: Any) -> int | None:
     return value
 
 
+def _resolve_all(names, resolve, errors: list[str]) -> dict:
+    """{canonical name: object} for ``names`` in order, duplicates once; every unknown name's
+    message goes to ``errors`` so they can be reported all at once."""
+    out: dict = {}
+    for name in names:
+        try:
+            obj = resolve(str(name))
+            out.setdefault(obj.name, obj)
+        except UsageError as exc:
+            errors.append(str(exc))
+    return out
+
+
 def build_plan(raw: Mapping[str, Any]) -> Plan:
     """Validate a mapping of plan fields (file and/or command line) into a ``Plan``.
 
@@ -168,20 +181,8 @@ def build_plan(raw: Mapping[str, Any]) -> Plan:
         raise InputError(f"a plan needs {' and '.join('--' + k for k in missing)} (or --plan FILE)")
     lists = {k: _as_list(k, raw[k]) for k in LIST_KEYS if raw.get(k) is not None}
     errors: list[str] = []
-    models: dict[str, ModelSpec] = {}
-    for name in lists["models"]:
-        try:
-            spec = _resolve_model(str(name))
-            models.setdefault(spec.name, spec)
-        except UsageError as exc:
-            errors.append(str(exc))
-    gpus: dict[str, GpuSpec] = {}
-    for name in lists["gpus"]:
-        try:
-            g = get_gpu(str(name))
-            gpus.setdefault(g.name, g)
-        except UsageError as exc:
-            errors.append(str(exc))
+    models: dict[str, ModelSpec] = _resolve_all(lists["models"], _resolve_model, errors)
+    gpus: dict[str, GpuSpec] = _resolve_all(lists["gpus"], get_gpu, errors)
     dtypes: list[str] = []
     for name in lists.get("dtypes", DEFAULT_DTYPES):
         try:
