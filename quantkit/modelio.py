@@ -7,9 +7,9 @@
   ``model.safetensors.index.json``); legacy ``pytorch_model*.bin`` only through
   ``torch.load(weights_only=True)``. Truncated or corrupted files raise ``InputError`` naming the
   file and, where the header allows, the tensor.
-- ``build_model(model_dir, dtype, device)``: the transformers causal LM, built on the meta device
-  and filled with the checkpoint's tensors (``assign=True``: nothing is allocated twice).
 - ``copy_tokenizer_files(src, dst)``.
+
+Building models from these files (``build_model``, ``empty_model``, ...) is ``quantkit.modelbuild``.
 
 torch is imported inside the functions that need it, so importing this module stays cheap.
 """
@@ -295,114 +295,6 @@ def _read_safe_open(path: Path, device):
                     raise InputError(f"{path.name}: cannot read tensor '{name}': {exc}") from None
     except SafetensorError as exc:
         raise InputError(f"{path.name} is not a readable safetensors file: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-
-
-def check_causal_lm(cfg: dict, where: str = "config.json") -> None:
-    """``ConfigError`` unless ``cfg`` describes a model that ``AutoModelForCausalLM`` builds."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    model_type = cfg.get("model_type")
-    archs = cfg.get("architectures") or []
-    if archs:
-        if not any(a in causal_classes for a in archs):
-            raise ConfigError(
-                f"{where} describes {', '.join(archs)} (model_type '{model_type}'), not a causal "
-                "language model: quantkit handles decoder LLMs that AutoModelForCausalLM builds"
-            )
-    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or cfg.get("is_encoder_decoder"):
-        raise ConfigError(f"{where}: model_type '{model_type}' is not a causal language model "
-                          "that AutoModelForCausalLM builds")
-
-
-def hf_config(cfg: dict):
-    """A transformers config object from a config.json dict, without its quantization_config."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    model_type = cfg["model_type"]
-    if model_type not in CONFIG_MAPPING:
-        import transformers
-
-        raise ConfigError(f"model_type '{model_type}' is unknown to transformers {transformers.__version__}")
-    clean = {k: v for k, v in cfg.items() if k != "quantization_config"}
-    try:
-        return CONFIG_MAPPING[model_type].from_dict(clean)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config.json is not a valid {model_type} config: {exc}") from None
-
-
-def empty_model(cfg: dict, dtype):
-    """The causal LM for ``cfg`` with its parameters on the meta device (buffers such as RoPE
-    frequencies are real, on CPU), ready for ``load_state_dict(..., assign=True)``."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    check_causal_lm(cfg)
-    config = hf_config(cfg)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model
-
-
-def assign_state_dict(model, state: dict, source: str, handled_modules=frozenset()) -> None:
-    """Load ``state`` into a meta-device ``model`` with ``assign=True`` after checking names and
-    shapes; ``InputError`` naming the first missing, unexpected or mis-shaped tensor.
-
-    handled_modules: names of modules already filled by the caller (e.g. quantized layers rebuilt
-    from their tensors); their entries are neither expected nor assigned here.
-    """
-    expected = {k: v for k, v in model.state_dict().items()
-                if k.rsplit(".", 1)[0] not in handled_modules}
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    for name, tensor in expected.items():
-        if name not in state:
-            if name in tied:
-                continue
-            raise InputError(f"{source} lacks tensor '{name}' that the model in config.json needs")
-        got = state[name]
-        if tuple(got.shape) != tuple(tensor.shape):
-            raise InputError(f"tensor '{name}' in {source} has shape {tuple(got.shape)}, "
-                             f"config.json's model needs {tuple(tensor.shape)}")
-        # Float tensors may be cast on load; integer ones (int8 weights) must match exactly.
-        if got.is_floating_point() != tensor.is_floating_point() or (
-                not tensor.is_floating_point() and got.dtype != tensor.dtype):
-            raise InputError(f"tensor '{name}' in {source} is {got.dtype}, the model needs {tensor.dtype}")
-    ignore = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
-    extra = [k for k in state if k not in expected and not any(p.search(k) for p in ignore)]
-    if extra:
-        raise InputError(f"{source} has tensor '{sorted(extra)[0]}' that the model in config.json does not have")
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
-    if tied and any(k not in state for k in tied):
-        model.tie_weights()
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.device.type == "meta":
-            raise InputError(f"{source} leaves tensor '{name}' unset")
-
-
-def build_model(model_dir, dtype=None, device="cpu"):
-    """The transformers causal LM of a local folder, in ``dtype`` (default torch.bfloat16), in eval mode.
-
-    Built on the meta device and filled from the checkpoint, so peak memory is one copy of the
-    weights in ``dtype``; never touches the network. Refuses configs that are not causal LMs and
-    already-quantized checkpoints (``ConfigError``).
-    """
-    import torch
-
-    dtype = torch.bfloat16 if dtype is None else dtype
-    model_dir = Path(model_dir)
-    cfg = read_config(model_dir)
-    if "quantization_config" in cfg:
-        method = cfg["quantization_config"].get("quant_method", "?") if isinstance(cfg["quantization_config"], dict) else "?"
-        raise ConfigError(f"'{model_dir}' is already quantized (quantization_config, quant_method "
-                          f"'{method}'); start from a bf16/fp16/fp32 model")
-    model = empty_model(cfg, dtype)
-    state = load_state_dict(model_dir, dtype=dtype)
-    assign_state_dict(model, state, f"the checkpoint in '{model_dir}'")
-    return model.to(device).eval()
 
 
 def copy_tokenizer_files(src, dst) -> list[str]:

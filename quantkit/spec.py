@@ -36,6 +36,13 @@ _FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
+def is_supported(cfg: Mapping[str, Any]) -> bool:
+    """True if ``ModelSpec.from_hf_config`` covers this config.json's architecture (model_type)."""
+    if isinstance(cfg, Mapping) and "text_config" in cfg and "hidden_size" not in cfg:
+        cfg = cfg["text_config"]
+    return isinstance(cfg, Mapping) and cfg.get("model_type") in _FAMILIES
+
+
 def _req(cfg: Mapping[str, Any], key: str, kind=int) -> Any:
     if key not in cfg or cfg[key] is None:
         raise ConfigError(f"config.json is missing the field {key!r}")

@@ -8,7 +8,7 @@ so that the quantizer's skip filter applies to them unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from quantkit.spec import ModelSpec
@@ -107,18 +107,18 @@ def _mlp_linears(spec: ModelSpec, p: str, inter: int, kind: str, active: bool = 
 
 
 def _moe_linears(spec: ModelSpec, p: str) -> tuple[list[Linear], int]:
-    """Linear layers of one MoE block and its router parameter count."""
+    """Linear layers of one MoE block and its router parameter count.
+
+    Routed experts are named after the one module transformers 5 keeps them in,
+    ``<layer>.mlp.experts`` (3-D tensors, Mixtral included), for every projection of every expert:
+    that is the unit ``quantkit quantize`` swaps and skip patterns match, so both agree."""
+    unit = f"{p}.mlp.experts"
     out: list[Linear] = []
+    for _ in range(spec.num_experts):
+        out += [replace(lin, name=unit)
+                for lin in _mlp_linears(spec, unit, spec.moe_intermediate_size, "expert", False)]
     if spec.model_type == "mixtral":
-        for e in range(spec.num_experts):
-            q = f"{p}.block_sparse_moe.experts.{e}"
-            inter, h = spec.moe_intermediate_size, spec.hidden_size
-            out += [Linear(f"{q}.w1", h, inter, False, "expert", False),
-                    Linear(f"{q}.w2", inter, h, False, "expert", False),
-                    Linear(f"{q}.w3", h, inter, False, "expert", False)]
         return out, spec.num_experts * spec.hidden_size
-    for e in range(spec.num_experts):
-        out += _mlp_linears(spec, f"{p}.mlp.experts.{e}", spec.moe_intermediate_size, "expert", False)
     # DeepSeek-V3's e_score_correction_bias (one fp32 per expert) is a buffer in transformers,
     # not a parameter, so it is not counted here (256 x 58 values: 59 KB in the checkpoint).
     router = spec.num_experts * spec.hidden_size

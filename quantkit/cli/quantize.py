@@ -79,7 +79,8 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
     rec = load_recipe(recipe) if recipe else None
     config = build_config(rec, method=method, group_size=group_size, skip=skip,
                           scale_dtype=scale_dtype, threshold=threshold)
-    from quantkit.modelio import build_model, check_causal_lm, check_weights, read_config, resolve_model_dir
+    from quantkit.modelio import check_weights, read_config, resolve_model_dir
+    from quantkit.modelbuild import build_model, check_causal_lm
     from quantkit.quantizers.checkpoint import check_output_dir
 
     # --out is checked before any work (and before a Hub download): not MODEL, not inside or
@@ -95,11 +96,11 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
 
     import torch
 
-    from quantkit.modelio import empty_model
-    from quantkit.quantizers.api import check_skip, linear_modules, quantize
+    from quantkit.modelbuild import empty_model
+    from quantkit.quantizers.api import check_skip, quantizable_modules, quantize
 
     # --skip typos fail now, on the meta-device model's Linear names, not after loading the weights.
-    check_skip(config, [n for n, _ in linear_modules(empty_model(cfg, torch.bfloat16))])
+    check_skip(config, [n for n, _ in quantizable_modules(empty_model(cfg, torch.bfloat16))])
     from quantkit.quantizers.checkpoint import save_quantized
     from quantkit.quantizers.report import render
 

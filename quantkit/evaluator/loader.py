@@ -40,7 +40,8 @@ def load_runner(model: str | Path, dtype: torch.dtype | None = None,
     dtype: float dtype the non-quantized tensors are cast to as they are read (None: as stored);
     int8 weights, their scales and quantized layers' biases stay as stored.
     """
-    from quantkit.modelio import assign_state_dict, load_state_dict, read_config, resolve_model_dir
+    from quantkit.modelio import load_state_dict, read_config, resolve_model_dir
+    from quantkit.modelbuild import assign_state_dict
 
     model_dir = resolve_model_dir(str(model))
     cfg = read_config(model_dir)
@@ -62,7 +63,8 @@ def _fill_quantized(runner: Decoder, cfg: dict, model_dir: Path, dtype, source: 
     """Swap the modules the checkpoint lists as quantized for empty quantized modules
     (``prepare_quantized``), then assign every stored tensor; only the tensors of modules that
     are not quantized are cast to ``dtype``."""
-    from quantkit.modelio import assign_state_dict, load_state_dict
+    from quantkit.modelio import load_state_dict
+    from quantkit.modelbuild import assign_state_dict
     from quantkit.quantizers.checkpoint import prepare_quantized
 
     _, quantized = prepare_quantized(runner, cfg, model_dir)

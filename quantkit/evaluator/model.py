@@ -248,7 +248,7 @@ class Decoder(nn.Module):
         self.cache_pos = torch.empty(0, dtype=torch.long)  # (max_seq_len,) = arange
         self.cache_batch = 0
 
-    # Names that modelio.assign_state_dict reads (the transformers PreTrainedModel conventions).
+    # Names that modelbuild.assign_state_dict reads (the transformers PreTrainedModel conventions).
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq$"]
 
     @property

@@ -1,4 +1,5 @@
-"""``quantkit.quantize(model, config)``: swap a model's ``nn.Linear`` modules for quantized ones.
+"""``quantkit.quantize(model, config)``: swap a model's ``nn.Linear`` modules (and fused MoE experts)
+for quantized ones.
 
 Example::
 
@@ -10,7 +11,10 @@ The swap is in place and goes one module at a time (progress bar on stderr): eac
 read, quantized in fp32 and released before the next, so peak memory beyond the model is about
 one layer. Which modules are skipped is decided by ``quantkit.selection.is_skipped`` (default
 ``lm_head``; embeddings are not ``nn.Linear`` and are never touched); a skip pattern other than the
-default that matches no ``nn.Linear`` is a ``ConfigError`` (a typo must not quantize a kept layer).
+default that matches no ``nn.Linear`` or experts module is a ``ConfigError`` (a typo must not
+quantize a kept layer). transformers 5's fused MoE experts (one module per layer holding every
+expert's weights as 3-D tensors) become ``experts.Int8Experts`` with method int8; llm.int8 keeps
+them in the base dtype and lists them as skipped.
 """
 
 from __future__ import annotations
@@ -23,26 +27,39 @@ from quantkit.quantizers.configs import METHODS, QuantConfig, handler_for
 from quantkit.quantizers.report import QuantReport, estimated_checkpoint_bytes
 from quantkit.selection import DEFAULT_SKIP, is_skipped
 
-__all__ = ["quantize", "QuantConfig", "METHODS", "handler_for"]
+__all__ = ["quantize", "QuantConfig", "METHODS", "handler_for", "quantizable_modules"]
 
 
 def linear_modules(model):
     """(name, module) of every plain float ``nn.Linear`` in ``model``, in module order.
 
-    ``ConfigError`` if a quantized layer (``Int8Linear``, or a bitsandbytes ``nn.Linear``
-    subclass) is found: the model is already quantized.
+    ``ConfigError`` if a quantized layer (``Int8Linear``, ``Int8Experts`` or a bitsandbytes
+    ``nn.Linear`` subclass) is found: the model is already quantized.
     """
     from torch import nn
 
+    return [(n, m) for n, m in quantizable_modules(model) if isinstance(m, nn.Linear)]
+
+
+def quantizable_modules(model):
+    """(name, module) of every unit a quantization may swap, in module order: each plain float
+    ``nn.Linear`` and each fused MoE experts module (transformers 5's 3-D expert tensors, see
+    ``quantkit.quantizers.experts``). Skip patterns match these names. ``ConfigError`` if the model
+    is already quantized."""
+    from torch import nn
+
+    from quantkit.quantizers.experts import Int8Experts, is_fused_experts
     from quantkit.quantizers.int8 import Int8Linear
 
     out = []
     for name, mod in model.named_modules():
-        if isinstance(mod, Int8Linear):
-            raise ConfigError(f"'{name}' is already quantized (Int8Linear)")
+        if isinstance(mod, (Int8Linear, Int8Experts)):
+            raise ConfigError(f"'{name}' is already quantized ({type(mod).__name__})")
         if isinstance(mod, nn.Linear):
             if any(c.__module__.startswith("bitsandbytes") for c in type(mod).__mro__):
                 raise ConfigError(f"'{name}' is already quantized ({type(mod).__name__})")
+            out.append((name, mod))
+        elif is_fused_experts(mod):
             out.append((name, mod))
     return out
 
@@ -56,6 +73,7 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
     from tqdm import tqdm
 
     from quantkit.quantizers.checkpoint import base_dtype, collect_state, dedup_shared, tensor_bytes
+    from quantkit.quantizers.experts import is_fused_experts
 
     config = QuantConfig() if config is None else config
     if not isinstance(config, QuantConfig):
@@ -65,24 +83,32 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
     base = base_dtype(model)
     bytes_before = tensor_bytes(dedup_shared(model.state_dict()))
 
-    linears = linear_modules(model)
-    check_skip(config, [n for n, _ in linears])
-    targets = [n for n, _ in linears if not is_skipped(n, config.skip)]
-    skipped = [n for n, _ in linears if is_skipped(n, config.skip)]
+    units = quantizable_modules(model)
+    check_skip(config, [n for n, _ in units])
+    experts = {n for n, m in units if is_fused_experts(m)}
+    # A method without a fused-experts path (llm.int8: bitsandbytes swaps nn.Linear only) keeps
+    # them in the base dtype; they are listed as skipped and the estimate counts them so.
+    unsupported = set() if hasattr(handler, "quantize_experts") else experts
+    targets = [n for n, _ in units if not is_skipped(n, config.skip) and n not in unsupported]
+    skipped = [n for n, _ in units if is_skipped(n, config.skip) or n in unsupported]
     if not targets:
         raise ConfigError(f"nothing to quantize: the skip patterns {list(config.skip)} match all "
-                          f"{len(linears)} linear modules")
-    tied = _tied_names(model, targets)
+                          f"{len(units)} linear and expert modules")
+    tied = _tied_names(model, [n for n in targets if n not in experts])
 
     layers = []
     for name in tqdm(targets, desc=f"quantize {config.method}", unit="layer", file=sys.stderr,
                      disable=not progress):
         old = model.get_submodule(name)
-        new, layer = handler.quantize_module(name, old, config)
+        if name in experts:
+            new, reports = handler.quantize_experts(name, old, config)
+        else:
+            new, layer = handler.quantize_module(name, old, config)
+            reports = [layer]
         new.train(old.training)  # an eval model stays in eval mode (bitsandbytes' path depends on it)
         model.set_submodule(name, new)  # the float weight is released here (unless tied)
         del old
-        layers.append(layer)
+        layers.extend(reports)
     if tied and getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         # A quantized lm_head no longer shares the embedding matrix: say so in the config, or
         # transformers would re-tie (overwrite) the int8 weight with the bf16 embedding.
@@ -92,7 +118,8 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
     estimate = None
     hf_cfg = getattr(model, "config", None)
     if hf_cfg is not None and hasattr(hf_cfg, "to_dict"):
-        estimate = estimated_checkpoint_bytes(hf_cfg.to_dict(), config, base.itemsize)
+        estimate = estimated_checkpoint_bytes(hf_cfg.to_dict(), config, base.itemsize,
+                                              extra_skip=tuple(sorted(unsupported)))
     return QuantReport(
         method=config.method,
         config=config.to_dict(),
@@ -108,14 +135,14 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
 def check_skip(config: QuantConfig, names: list[str]) -> None:
     """``check_skip_patterns`` for ``config.skip`` unless it is the default list, which may name
     nothing (a model whose output layer is not an ``nn.Linear`` called lm_head) without error.
-    ``names``: the model's ``nn.Linear`` module names (a meta-device model gives them for free)."""
+    ``names``: those of ``quantizable_modules`` (a meta-device model gives them for free)."""
     if tuple(config.skip) != DEFAULT_SKIP:
         check_skip_patterns(config.skip, names)
 
 
 def check_skip_patterns(patterns, names: list[str]) -> None:
     """``ConfigError`` naming every skip pattern that matches none of ``names`` (the model's
-    ``nn.Linear`` module names), with the kinds of names that do match and a close match if any:
+    ``nn.Linear`` and fused-experts module names), with the kinds of names that do match and a close match if any:
     a typo such as ``lm_haed`` must not quietly quantize the layer it meant to keep."""
     from difflib import get_close_matches
 

@@ -16,6 +16,10 @@ Method ``int8`` (compressed-tensors W8A16 "int-quantized", symmetric, no zero po
                              strategy "channel", ceil(in / group_size) for strategy "group"
   ``<module>.bias``          bf16 (out,), if the layer has one
   dequantized weight = weight * weight_scale.repeat_interleave(group_size, dim=1)[:, :in]
+  Fused MoE experts (``experts.Int8Experts``, one module per layer): ``<module>.gate_up_proj``
+  (or ``up_proj``) and ``<module>.down_proj`` int8 (E, out, in) whatever transformers' layout,
+  ``<module>.<proj>_scale`` (E, out, n_groups), ``<module>.<proj>_bias`` bf16 (E, out) if any.
+  This part is quantkit's own layout: compressed-tensors has no fused-experts scheme.
   Everything else (embeddings, norms, skipped linears such as lm_head) keeps its name and dtype.
 Method ``llm.int8`` (bitsandbytes naming, see ``bnb.py``): ``<module>.weight`` int8 (out, in),
   ``<module>.SCB`` fp32 (out,) = row absmax (scale = SCB / 127), ``<module>.bias`` bf16.
@@ -98,23 +102,28 @@ def base_dtype(model):
 
 
 def collect_state(model, config: QuantConfig) -> tuple[dict, list[str], list[str]]:
-    """(tensors to save, quantized module names, skipped linear module names) for ``model``."""
+    """(tensors to save, quantized module names, skipped module names) for ``model``; skipped are
+    the float ``nn.Linear`` and fused MoE experts modules left unquantized."""
     from torch import nn
+
+    from quantkit.quantizers import experts as fused
 
     handler = handler_for(config)
     qcls = handler.MODULE_CLASS
     quantized, skipped = [], []
     for name, mod in model.named_modules():
-        if isinstance(mod, qcls):
+        if isinstance(mod, (qcls, fused.Int8Experts)):
             quantized.append(name)
-        elif isinstance(mod, nn.Linear):
+        elif isinstance(mod, nn.Linear) or fused.is_fused_experts(mod):
             skipped.append(name)
     if not quantized:
         raise ConfigError(f"the model has no {config.method} layers: run quantkit.quantize first")
     done = set(quantized)
     state = {}
     for name in quantized:
-        for key, t in handler.export_tensors(model.get_submodule(name)).items():
+        mod = model.get_submodule(name)
+        export = fused.export_tensors if isinstance(mod, fused.Int8Experts) else handler.export_tensors
+        for key, t in export(mod).items():
             state[f"{name}.{key}"] = t
     for key, t in model.state_dict().items():
         if key.rsplit(".", 1)[0] not in done:
@@ -294,21 +303,24 @@ def read_quant_block(cfg: dict, where) -> tuple[QuantConfig, dict]:
     return QuantConfig.from_dict(block["config"]), block
 
 
-def _linear(model, name: str, source):
+def _target(model, name: str, source, experts_ok: bool = True):
     from torch import nn
+
+    from quantkit.quantizers.experts import is_fused_experts
 
     try:
         mod = model.get_submodule(name)
     except AttributeError:
         raise InputError(f"'{source}': quantized module '{name}' does not exist in the model of config.json") from None
-    if not isinstance(mod, nn.Linear):
-        raise InputError(f"'{source}': quantized module '{name}' is a {type(mod).__name__}, not a Linear")
+    if not isinstance(mod, nn.Linear) and not (experts_ok and is_fused_experts(mod)):
+        kinds = "a Linear or a fused experts module" if experts_ok else "a Linear"
+        raise InputError(f"'{source}': quantized module '{name}' is a {type(mod).__name__}, not {kinds}")
     return mod
 
 
 def prepare_quantized(model, cfg: dict, source="checkpoint") -> tuple[QuantConfig, list[str]]:
     """Swap the modules that a quantkit checkpoint's config lists as quantized for empty (meta)
-    quantized modules, so that ``modelio.assign_state_dict(model, state)`` then fills every
+    quantized modules, so that ``modelbuild.assign_state_dict(model, state)`` then fills every
     tensor. ``model`` is any module tree with the checkpoint's module names (a transformers model
     or the eval runner), built on the meta device. Returns (config, quantized module names).
     """
@@ -317,8 +329,12 @@ def prepare_quantized(model, cfg: dict, source="checkpoint") -> tuple[QuantConfi
     if not hasattr(handler, "empty_module"):
         raise ConfigError(f"'{source}': {config.method} checkpoints load only with quantkit.load_quantized")
     quantized = list(block["quantized_modules"])
+    from torch import nn
+
     for name in quantized:
-        model.set_submodule(name, handler.empty_module(_linear(model, name, source), config))
+        mod = _target(model, name, source, experts_ok=hasattr(handler, "empty_experts"))
+        empty = handler.empty_module if isinstance(mod, nn.Linear) else handler.empty_experts
+        model.set_submodule(name, empty(mod, config))
     return config, quantized
 
 
@@ -332,7 +348,9 @@ def load_quantized(path, device="cpu", dtype=None):
     """
     import torch
 
-    from quantkit.modelio import assign_state_dict, empty_model, load_state_dict, read_config
+    from quantkit.modelio import load_state_dict, read_config
+
+    from quantkit.modelbuild import assign_state_dict, empty_model
 
     dtype = torch.bfloat16 if dtype is None else dtype
     path = Path(path)
@@ -358,7 +376,7 @@ def load_quantized(path, device="cpu", dtype=None):
             if owner in quantized:
                 by_owner.setdefault(owner, {})[local] = t
         for name in block["quantized_modules"]:
-            linear = _linear(model, name, path)
+            linear = _target(model, name, path, experts_ok=False)
             model.set_submodule(name, handler.load_module(name, linear, config, by_owner.get(name, {})))
         assign_state_dict(model, rest, source, handled_modules=quantized)
     return model.to(device).eval()

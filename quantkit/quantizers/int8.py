@@ -11,6 +11,8 @@ Handler interface (shared by every method module, used by ``api`` and ``checkpoi
 ``MODULE_CLASS``, ``quantize_module``, ``export_tensors``, ``checkpoint_config``, and either
 ``empty_module`` (a meta shell that ``load_state_dict(assign=True)`` fills) or ``load_module``
 (build the module from its tensors, for modules whose parameters cannot simply be assigned).
+A handler that also quantizes fused MoE experts (transformers 5's 3-D expert tensors, see
+``experts.py``) has ``quantize_experts`` and ``empty_experts``; without them they stay unquantized.
 """
 
 from __future__ import annotations
@@ -134,6 +136,20 @@ def export_tensors(module: Int8Linear) -> dict:
     if module.bias is not None:
         out["bias"] = module.bias
     return out
+
+
+def quantize_experts(name: str, experts: nn.Module, config: Int8Config):
+    """Quantize a fused MoE experts module (``experts.Int8Experts``); returns it and its reports."""
+    from quantkit.quantizers.experts import quantize_experts as quantize_fused
+
+    return quantize_fused(name, experts, config.group_size, config.scale_dtype)
+
+
+def empty_experts(experts: nn.Module, config: Int8Config) -> nn.Module:
+    """A meta ``Int8Experts`` shell shaped like the fused experts module ``experts``."""
+    from quantkit.quantizers.experts import empty_experts as empty_fused
+
+    return empty_fused(experts, config.group_size, SCALE_TORCH_DTYPES[config.scale_dtype])
 
 
 def empty_module(linear: nn.Linear, config: Int8Config) -> Int8Linear:

@@ -27,6 +27,7 @@ class LayerReport:
     rel_error: float
     sqnr_db: float | None
     max_abs_error: float
+    experts: int = 1  # > 1: a fused MoE experts tensor; shape is one expert's, errors over all
 
 
 def layer_report(name: str, w, w_hat, scale) -> LayerReport:
@@ -60,7 +61,9 @@ class QuantReport:
     skipped: list[str] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
-    estimated_bytes: int | None = None  # None only for models without a transformers config
+    # None for models without a transformers config or of an architecture the estimator does not
+    # cover (``quantkit.spec.is_supported``): the quantization itself does not need it.
+    estimated_bytes: int | None = None
     seconds: float = 0.0
 
     @property
@@ -95,18 +98,20 @@ def render(report: QuantReport, max_rows: int | None = None) -> str:
 
     layers = report.layers if max_rows is None else report.layers[:max_rows]
     rows = [
-        [r.name, f"{r.shape[0]}x{r.shape[1]}", f"{r.scale_min:.3g}", f"{r.scale_max:.3g}",
+        [r.name, (f"{r.experts}x" if r.experts > 1 else "") + f"{r.shape[0]}x{r.shape[1]}",
+         f"{r.scale_min:.3g}", f"{r.scale_max:.3g}",
          f"{100 * r.rel_error:.3f}", "exact" if r.sqnr_db is None else f"{r.sqnr_db:.1f}",
          f"{r.max_abs_error:.3g}"]
         for r in layers
     ]
-    table = tabulate(rows, headers=["layer", "out x in", "scale min", "scale max", "rel err %",
+    table = tabulate(rows, headers=["layer", "[experts x] out x in", "scale min", "scale max", "rel err %",
                                     "SQNR dB", "max |err|"], disable_numparse=True)
     lines = [table]
     if max_rows is not None and len(report.layers) > max_rows:
         lines.append(f"... {len(report.layers) - max_rows} more layers in quant_report.json")
     worst = report.worst_layer
-    est = "n/a (no transformers config)" if report.estimated_bytes is None else _bytes(report.estimated_bytes)
+    est = ("n/a (no transformers config, or an architecture quantkit estimate does not cover)"
+           if report.estimated_bytes is None else _bytes(report.estimated_bytes))
     totals = [
         ["method", report.method],
         ["layers quantized / skipped", f"{len(report.layers)} / {len(report.skipped)}"],
@@ -137,12 +142,16 @@ def _bytes(n: int) -> str:
     return f"{n:,} B ({n / 1e9:.4f} GB, {n / 2**30:.4f} GiB)"
 
 
-def estimated_checkpoint_bytes(hf_config: dict, config, base_bytes: int) -> int:
-    """The estimator's bytes for this model and config (the number ``quantkit estimate`` shows)."""
+def estimated_checkpoint_bytes(hf_config: dict, config, base_bytes: int, extra_skip: tuple = ()) -> int | None:
+    """The estimator's bytes for this model and config (the number ``quantkit estimate`` shows),
+    None for an architecture it does not cover (``quantkit.spec.is_supported``).
+    ``extra_skip``: modules the method leaves unquantized besides ``config.skip``."""
     from quantkit.calculators.weights import quantized_checkpoint_bytes
-    from quantkit.spec import ModelSpec
+    from quantkit.spec import ModelSpec, is_supported
 
+    if not is_supported(hf_config):
+        return None
     spec = ModelSpec.from_hf_config(hf_config)
     return quantized_checkpoint_bytes(spec, bits=config.bits, group_size=config.group_size,
-                                      skip=tuple(config.skip), scale_bytes=config.scale_bytes,
+                                      skip=tuple(config.skip) + tuple(extra_skip), scale_bytes=config.scale_bytes,
                                       base_bytes=base_bytes)

@@ -250,12 +250,12 @@ def test_output_files_have_default_modes(tiny_model, tmp_path):
 
 
 def test_skip_pattern_matching_nothing_is_an_error(tiny_model, tmp_path, monkeypatch):
-    import quantkit.modelio
+    import quantkit.modelbuild
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the weights were loaded before the skip patterns were checked")
 
-    monkeypatch.setattr(quantkit.modelio, "build_model", no_loading)
+    monkeypatch.setattr(quantkit.modelbuild, "build_model", no_loading)
     src = tiny_model("llama")
     _assert_error(_invoke(src, "--out", tmp_path / "out", "--skip", "lm_haed"),
                   r"Error: skip pattern 'lm_haed' \(did you mean 'lm_head'\?\) matches no nn.Linear module of "

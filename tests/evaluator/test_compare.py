@@ -45,7 +45,7 @@ def test_saved_checkpoint_equals_on_the_fly_int8(stories_dir, shared_dir, tmp_pa
     import torch
 
     import quantkit
-    from quantkit.modelio import build_model
+    from quantkit.modelbuild import build_model
     from quantkit.quantizers.checkpoint import save_quantized
 
     config = quantkit.QuantConfig(method="int8")

@@ -15,7 +15,7 @@ from quantkit.evaluator.loader import dispatch_auto, load_runner, random_runner
 def save_int8_checkpoint(src, out, **options):
     """Quantize a transformers model with quantkit and save it (what `quantkit quantize` does)."""
     import quantkit
-    from quantkit.modelio import build_model
+    from quantkit.modelbuild import build_model
     from quantkit.quantizers.checkpoint import save_quantized
 
     config = quantkit.QuantConfig(method="int8", **options)

@@ -8,7 +8,7 @@ from torch import nn
 
 import quantkit
 from quantkit.errors import DependencyError
-from quantkit.modelio import build_model
+from quantkit.modelbuild import build_model
 from quantkit.quantizers.checkpoint import save_quantized
 
 IDS = torch.tensor([[1, 5, 9, 200, 17, 3, 44, 101, 7, 8, 250, 2]])

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 import quantkit
 from quantkit.errors import ConfigError, InputError, OutputExistsError
-from quantkit.modelio import build_model
+from quantkit.modelbuild import build_model
 from quantkit.quantizers import checkpoint
 from quantkit.quantizers.checkpoint import atomic_output_dir, load_quantized, save_quantized
 

@@ -1,4 +1,4 @@
-"""quantkit.modelio: finding model folders, reading configs and weights safely, building models.
+"""quantkit.modelio (finding model folders, reading configs and weights safely) and quantkit.modelbuild.
 
 (Kept next to the quantizer tests that own modelio; it could move to tests/test_modelio.py.)
 """
@@ -11,9 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from quantkit.errors import ConfigError, InputError, OfflineError
-from quantkit.modelio import (
-    build_model, copy_tokenizer_files, load_state_dict, read_config, resolve_model_dir,
-)
+from quantkit.modelbuild import build_model
+from quantkit.modelio import copy_tokenizer_files, load_state_dict, read_config, resolve_model_dir
 
 
 class NotATensor:  # pickled into a .bin below: weights_only loading must refuse it

@@ -8,7 +8,8 @@ from torch import nn
 
 import quantkit
 from quantkit.errors import ConfigError
-from quantkit.modelio import build_model, check_safetensors_file, weight_files
+from quantkit.modelio import check_safetensors_file, weight_files
+from quantkit.modelbuild import build_model
 from quantkit.quantizers.checkpoint import save_quantized
 from quantkit.quantizers.int8 import Int8Linear
 from quantkit.selection import is_skipped

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import quantkit
 from quantkit.cli import cli
-from quantkit.modelio import build_model
+from quantkit.modelbuild import build_model
 
 N_TOKENS = 384  # held-out tokens scored (the first ones of ref-docs-valid.txt, BOS first)
 
