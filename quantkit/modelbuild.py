@@ -122,10 +122,29 @@ def build_model(model_dir, dtype=None, device="cpu"):
                           f"'{method}'); start from a bf16/fp16/fp32 model")
     model = empty_model(cfg, dtype)
     if needs_conversion(model, model_dir):
+        check_converted_names(model, model_dir)
         return _from_pretrained(model_dir, cfg, dtype, device)
-    state = load_state_dict(model_dir, dtype=dtype)
+    state = load_state_dict(model_dir, dtype=dtype, keep=fp32_kept(model, dtype))
     assign_state_dict(model, state, f"the checkpoint in '{model_dir}'")
     return model.to(device).eval()
+
+
+def fp32_kept(model, dtype):
+    """``keep(name) -> bool``: the tensors transformers keeps in fp32 when loading ``model`` in
+    ``dtype`` (``_keep_in_fp32_modules_strict`` for fp16 and bf16, ``_keep_in_fp32_modules`` for
+    fp16 only: DeepSeek-V3's router bias, Ernie's router, ...), so that quantkit's loads give the
+    tensors ``from_pretrained`` gives."""
+    import torch
+
+    mods = []
+    if dtype in (torch.float16, torch.bfloat16):
+        mods += list(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if dtype == torch.float16:
+        mods += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    if not mods:
+        return lambda name: False
+    pattern = re.compile(r"(^|\.)(" + "|".join(re.escape(m) for m in mods) + r")(\.|$)")
+    return lambda name: pattern.search(name) is not None
 
 
 def checkpoint_names(model_dir) -> set[str] | None:
@@ -152,6 +171,28 @@ def needs_conversion(model, model_dir) -> bool:
     return extract_weight_conversions_for_model(model) is not None
 
 
+def check_converted_names(model, model_dir) -> None:
+    """``InputError`` naming the first tensor the checkpoint lacks or has beyond the names
+    transformers' conversion mapping expects for the meta ``model`` (reverted to the Hub layout).
+    Checked before loading: transformers stacks whatever expert indices it finds, so a missing
+    expert offset by a stray one (experts 0, 2, 3, 7 of 4) would pass its shape checks."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    names = checkpoint_names(model_dir)
+    expected = set(revert_weight_conversion(model, model.state_dict()))
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    ignore = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    source = f"the checkpoint in '{model_dir}'"
+    missing = sorted(expected - names - tied)
+    if missing:
+        raise InputError(f"{source} lacks tensor '{missing[0]}' that the model in config.json needs "
+                         "(checkpoint layout: one tensor per expert)")
+    extra = sorted(k for k in names - expected if not any(p.search(k) for p in ignore))
+    if extra:
+        raise InputError(f"{source} has tensor '{extra[0]}' that the model in config.json does not "
+                         "have (checkpoint layout: one tensor per expert)")
+
+
 def _from_pretrained(model_dir, cfg: dict, dtype, device):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -168,9 +209,8 @@ def _from_pretrained(model_dir, cfg: dict, dtype, device):
     except RuntimeError as exc:
         if "conversion" not in str(exc):
             raise
-        raise InputError(f"{source}: transformers could not stack its per-expert tensors into the "
-                         "layout of the model in config.json (an expert's tensor is missing or has "
-                         "another shape)") from None
+        raise InputError(f"{source}: transformers could not convert its tensors into the layout of "
+                         "the model in config.json (a tensor is missing or has another shape)") from None
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{source} could not be loaded by transformers: {first}") from None
@@ -185,5 +225,5 @@ def _from_pretrained(model_dir, cfg: dict, dtype, device):
             key = sorted(keys, key=str)[0]
             key = key[0] if isinstance(key, tuple) else key
             raise InputError(f"{source} {what} '{key}' for the model in config.json "
-                             "(after transformers' conversion of its per-expert tensors)")
+                             "(after transformers' conversion of its tensor names)")
     return model.to(device).eval()

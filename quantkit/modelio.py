@@ -206,8 +206,11 @@ def check_weights(model_dir) -> None:
             check_safetensors_file(path)
 
 
-def load_state_dict(model_dir, dtype=None, device="cpu") -> dict:
+def load_state_dict(model_dir, dtype=None, device="cpu", keep=None) -> dict:
     """All tensors of the checkpoint in ``model_dir`` as {name: Tensor} on ``device``.
+
+    keep: ``keep(name) -> bool`` for float tensors to load in fp32 instead of ``dtype`` (the
+    model's ``_keep_in_fp32_modules``, see ``modelbuild.fp32_kept``).
 
     dtype: if given, floating-point tensors are cast to it one at a time as they are read (int
     tensors, e.g. int8 weights, are kept as stored): an fp32 checkpoint loaded as bf16 holds the
@@ -230,8 +233,9 @@ def load_state_dict(model_dir, dtype=None, device="cpu") -> dict:
             items = ((name, part.pop(name)) for name in list(part))  # pop: released once cast
         names = set()
         for name, tensor in items:  # ints (int8 weights) stay as stored; floats cast if asked
-            cast = dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype
-            state[name] = tensor.to(dtype) if cast else tensor
+            want = torch.float32 if keep is not None and keep(name) else dtype
+            cast = want is not None and tensor.is_floating_point() and tensor.dtype != want
+            state[name] = tensor.to(want) if cast else tensor
             names.add(name)
             del tensor  # the stored-dtype tensor goes now, before the next one is read
         if weight_map is not None:

@@ -266,7 +266,8 @@ def _quant_info(qc: Any) -> QuantInfo | None:
 def _moe_fields(cfg: Mapping[str, Any], model_type: str, layers: int) -> dict[str, Any]:
     experts = _opt_int(cfg, "num_local_experts") or _opt_int(cfg, "n_routed_experts") or 0
     if model_type in ("qwen2_moe", "qwen3_moe"):
-        experts = _opt_int(cfg, "num_experts") or 0
+        # config.json says num_experts; transformers 5's Qwen3MoeConfig.to_dict() num_local_experts
+        experts = _opt_int(cfg, "num_experts") or _opt_int(cfg, "num_local_experts") or 0
     if not experts:
         return {"moe_layers": (False,) * layers}
     top_k = _req(cfg, "num_experts_per_tok")

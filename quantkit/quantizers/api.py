@@ -70,10 +70,12 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
     Returns a ``QuantReport`` (per-layer errors, bytes before/after, the estimator's bytes,
     seconds). ``ConfigError`` if the skip patterns leave nothing to quantize.
     """
+    from torch import nn
     from tqdm import tqdm
 
     from quantkit.quantizers.checkpoint import base_dtype, collect_state, dedup_shared, tensor_bytes
-    from quantkit.quantizers.experts import is_fused_experts
+    from quantkit.quantizers.experts import check_experts_supported, is_fused_experts
+    from quantkit.spec import is_supported
 
     config = QuantConfig() if config is None else config
     if not isinstance(config, QuantConfig):
@@ -83,18 +85,24 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
     base = base_dtype(model)
     bytes_before = tensor_bytes(dedup_shared(model.state_dict()))
 
+    hf_cfg = getattr(model, "config", None)
     units = quantizable_modules(model)
     check_skip(config, [n for n, _ in units])
     experts = {n for n, m in units if is_fused_experts(m)}
     # A method without a fused-experts path (llm.int8: bitsandbytes swaps nn.Linear only) keeps
-    # them in the base dtype; they are listed as skipped and the estimate counts them so.
-    unsupported = set() if hasattr(handler, "quantize_experts") else experts
+    # them in the base dtype; so are nn.Linear subclasses with a forward of their own (routers
+    # that return tuples: PhiMoE, Llama 4): both are listed as skipped and estimated so.
+    unsupported = set() if hasattr(handler, "quantize_experts") else set(experts)
+    unsupported |= {n for n, m in units if n not in experts and type(m).forward is not nn.Linear.forward}
     targets = [n for n, _ in units if not is_skipped(n, config.skip) and n not in unsupported]
     skipped = [n for n, _ in units if is_skipped(n, config.skip) or n in unsupported]
     if not targets:
         raise ConfigError(f"nothing to quantize: the skip patterns {list(config.skip)} match all "
                           f"{len(units)} linear and expert modules")
     tied = _tied_names(model, [n for n in targets if n not in experts])
+    for name in targets:  # refuse unsupported experts before anything is swapped
+        if name in experts:
+            check_experts_supported(name, model.get_submodule(name))
 
     layers = []
     for name in tqdm(targets, desc=f"quantize {config.method}", unit="layer", file=sys.stderr,
@@ -114,9 +122,10 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
         # transformers would re-tie (overwrite) the int8 weight with the bf16 embedding.
         model.config.tie_word_embeddings = False
 
+    if hf_cfg is not None and hasattr(hf_cfg, "to_dict") and not is_supported(hf_cfg.to_dict()):
+        smoke_forward(model)
     state, _, _ = collect_state(model, config)
     estimate = None
-    hf_cfg = getattr(model, "config", None)
     if hf_cfg is not None and hasattr(hf_cfg, "to_dict"):
         estimate = estimated_checkpoint_bytes(hf_cfg.to_dict(), config, base.itemsize,
                                               extra_skip=tuple(sorted(unsupported)))
@@ -130,6 +139,26 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
         estimated_bytes=estimate,
         seconds=time.perf_counter() - start,
     )
+
+
+def smoke_forward(model) -> None:
+    """One 4-token forward of a quantized model whose architecture quantkit's tests do not cover
+    (``quantkit.spec.is_supported``): ``ConfigError`` if it fails (a model that reads a linear's
+    ``.weight`` itself, as Jamba's ``dt_proj`` does, breaks when that weight becomes int8)."""
+    import torch
+
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    device = emb.weight.device if emb is not None else next(model.parameters()).device
+    ids = torch.arange(4, device=device)[None] % int(getattr(model.config, "vocab_size", 4) or 4)
+    try:
+        with torch.no_grad():
+            model(ids)
+    except Exception as exc:  # any failure means the quantized model is unusable: say which
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(
+            f"model_type '{getattr(model.config, 'model_type', '?')}' is not one quantkit covers, and "
+            f"its forward fails once quantized ({type(exc).__name__}: {first}); keep the layers it "
+            "uses directly in bf16 with --skip") from None
 
 
 def check_skip(config: QuantConfig, names: list[str]) -> None:

@@ -350,7 +350,7 @@ def load_quantized(path, device="cpu", dtype=None):
 
     from quantkit.modelio import load_state_dict, read_config
 
-    from quantkit.modelbuild import assign_state_dict, empty_model
+    from quantkit.modelbuild import assign_state_dict, empty_model, fp32_kept
 
     dtype = torch.bfloat16 if dtype is None else dtype
     path = Path(path)
@@ -362,8 +362,9 @@ def load_quantized(path, device="cpu", dtype=None):
     model = empty_model(cfg, dtype)
     state = load_state_dict(path)
     quantized = frozenset(block["quantized_modules"])
-    rest = {k: (t.to(dtype) if t.is_floating_point() else t) for k, t in state.items()
-            if k.rsplit(".", 1)[0] not in quantized}
+    kept = fp32_kept(model, dtype)  # tensors transformers keeps in fp32 (router biases ...)
+    rest = {k: (t.to(torch.float32 if kept(k) else dtype) if t.is_floating_point() else t)
+            for k, t in state.items() if k.rsplit(".", 1)[0] not in quantized}
     source = f"the checkpoint in '{path}'"
     if hasattr(handler, "empty_module"):
         prepare_quantized(model, cfg, path)

@@ -51,7 +51,7 @@ def _projections(mod) -> tuple[str, str]:
     return ("gate_up_proj" if mod.has_gate else "up_proj", "down_proj")
 
 
-def _check_supported(name: str, mod) -> None:
+def check_experts_supported(name: str, mod) -> None:
     if getattr(mod, "has_post_expert_norm", False):
         raise ConfigError(f"'{name}' ({type(mod).__name__}) applies a norm after each expert, which "
                           f"quantkit's int8 experts do not support; keep it in bf16 with --skip {name}")
@@ -70,9 +70,9 @@ class Int8Experts(nn.Module):
                 setattr(self, key, value)
         for key, child in source.named_children():  # the activation (act_fn)
             self.add_module(key, child)
-        # The source class's gate (SwiGLU, or gpt-oss's clamped interleaved one), bound to self:
-        # it reads only the attributes copied above (act_fn, alpha, limit, ...).
-        self._apply_gate_fn = type(source)._apply_gate.__get__(self)
+        # The source class's gate (SwiGLU, or gpt-oss's clamped interleaved one), a plain function
+        # (pickles by qualified name) called with self: it reads only the attributes copied above.
+        self._gate_fn = type(source)._apply_gate
         self.source_class = type(source).__name__
         self.group_size = group_size
         self.num_experts = int(source.down_proj.shape[0])
@@ -85,6 +85,9 @@ class Int8Experts(nn.Module):
             bias = getattr(source, f"{proj}_bias", None) if source.has_bias else None
             if bias is not None:
                 self.register_buffer(f"{proj}_bias", torch.zeros(e, out_f, dtype=BIAS_DTYPE, device=device))
+
+    def _apply_gate(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return self._gate_fn(self, gate_up)
 
     def _bias(self, proj: str, e: int):
         return self._buffers.get(f"{proj}_bias")[e] if f"{proj}_bias" in self._buffers else None
@@ -109,7 +112,7 @@ class Int8Experts(nn.Module):
                 continue
             top_k_pos, token_idx = torch.where(mask[e])
             h = self._linear(hidden_states[token_idx], up_name, e)
-            h = self._apply_gate_fn(h) if self.has_gate else self.act_fn(h)
+            h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
             h = self._linear(h, down_name, e) * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, h.to(final.dtype))
         return final
@@ -140,7 +143,7 @@ def quantize_experts(name: str, source: nn.Module, group_size: int | None,
                      scale_dtype: str = "bf16") -> tuple[Int8Experts, list[LayerReport]]:
     """Quantize every expert of ``source`` into a new ``Int8Experts`` on its device; returns it and
     one ``LayerReport`` per projection (errors over all experts: the Frobenius norms add up)."""
-    _check_supported(name, source)
+    check_experts_supported(name, source)
     sdtype = SCALE_TORCH_DTYPES[scale_dtype]
     device = source.down_proj.device
     mod = Int8Experts(source, group_size, sdtype, device=device)

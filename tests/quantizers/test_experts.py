@@ -234,9 +234,88 @@ def test_hub_layout_missing_expert_is_one_line_error(tmp_path):
     state = load_file(tmp_path / "model.safetensors")
     del state["model.layers.0.mlp.experts.1.down_proj.weight"]
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(InputError, match=r"has a mis-shaped tensor 'model.layers.0.mlp.experts.down_proj'"):
+    with pytest.raises(InputError, match=r"lacks tensor 'model.layers.0.mlp.experts.1.down_proj.weight'"):
         build_model(tmp_path)
     res = run_quantkit("quantize", str(tmp_path), "--out", str(tmp_path.parent / "q-missing"))
-    assert_one_line_error(res, r"Error: the checkpoint in '.*' has a mis-shaped tensor "
-                               r"'model.layers.0.mlp.experts.down_proj' .*")
+    assert_one_line_error(res, r"Error: the checkpoint in '.*' lacks tensor "
+                               r"'model.layers.0.mlp.experts.1.down_proj.weight' .*one tensor per expert")
     assert not (tmp_path.parent / "q-missing").exists()
+
+
+# --- found in review: architectures outside the estimator, renumbered experts, fp32 tensors ------
+
+
+def _uncovered(model_type, **extra):
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    base = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                num_experts_per_tok=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(CONFIG_MAPPING[model_type](**{**base, **extra}),
+                                            dtype=torch.bfloat16).eval()
+
+
+def test_linear_subclass_with_its_own_forward_is_kept():
+    model = _uncovered("phimoe")  # its router is an nn.Linear subclass that returns a tuple
+    routers = {n for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear}
+    assert routers
+    report = quantkit.quantize(model, quantkit.QuantConfig(method="int8"), progress=False)
+    assert routers <= set(report.skipped)
+    with torch.no_grad():
+        assert model(IDS[:, :6]).logits.shape == (2, 6, 256)
+
+
+def test_uncovered_model_whose_forward_breaks_is_refused():
+    model = _uncovered("jamba", expert_layer_period=1, expert_layer_offset=0, attn_layer_period=2,
+                       attn_layer_offset=1, mamba_d_state=8, use_mamba_kernels=False, num_experts=4)
+    with pytest.raises(ConfigError, match=r"model_type 'jamba' is not one quantkit covers, and its forward "
+                                          r"fails once quantized \(RuntimeError: .*\); keep .* --skip"):
+        quantkit.quantize(model, quantkit.QuantConfig(method="int8"), progress=False)
+
+
+def test_int8_experts_pickle_round_trip():
+    import pickle
+
+    q, _ = quantize_experts("experts", _gpt_oss().model.layers[0].mlp.experts, None)
+    x, (idx, w) = torch.randn(5, 64), _routing(5, 4)
+    assert torch.equal(pickle.loads(pickle.dumps(q))(x, idx, w), q(x, idx, w))
+
+
+def test_hub_layout_renumbered_expert_is_refused(tmp_path):
+    """Experts 0, 2, 3, 7 of 4 stack to the right shape; the names must still be refused."""
+    from safetensors.torch import load_file, save_file
+
+    _hub_layout("qwen2-moe-shared", tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    for k in [k for k in state if k.startswith("model.layers.0.mlp.experts.1.")]:
+        state[k.replace("experts.1.", "experts.7.")] = state.pop(k)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"lacks tensor 'model.layers.0.mlp.experts.1.down_proj.weight'"):
+        build_model(tmp_path)
+
+
+def test_fp32_router_bias_stays_fp32_through_quantize_and_reload(tiny_model, tmp_path):
+    model = build_model(tiny_model("deepseek-v3-mla-qlora"))
+    bias = {n: b for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")}
+    assert bias and all(b.dtype == torch.float32 for b in bias.values())  # as from_pretrained keeps it
+    config = quantkit.QuantConfig(method="int8")
+    report = quantkit.quantize(model, config, progress=False)
+    save_quantized(model, tmp_path / "q", config, report=report)
+    reloaded = dict(quantkit.load_quantized(tmp_path / "q").named_buffers())
+    for n, b in bias.items():
+        assert reloaded[n].dtype == torch.float32 and torch.equal(reloaded[n], b)
+
+
+def test_qwen3_moe_estimate_counts_experts_from_either_config_spelling():
+    from quantkit.spec import ModelSpec
+    from tests.conftest import tiny_config
+    from transformers import Qwen3MoeConfig
+
+    cfg = {**tiny_config("qwen2-moe-shared"), "model_type": "qwen3_moe"}
+    hub = ModelSpec.from_hf_config(cfg)  # config.json spelling: num_experts
+    as_dict = Qwen3MoeConfig(**{k: v for k, v in cfg.items() if k != "model_type"}).to_dict()
+    assert "num_experts" not in as_dict or as_dict["num_experts"] is None  # transformers 5 renames it
+    assert hub.num_experts == ModelSpec.from_hf_config(as_dict).num_experts == 4
