@@ -26,9 +26,10 @@ compare every formula cell with quantkit's own Python result:
                linear, b2 = floor((usable - fixed) / (per_seq + context x act_per_token)) (that
                line over-estimates memory beyond P, so b2 is exact there). Clamped to
                [0, the calculators' search limit]
-  decode bound roofline.roofline: batch x bandwidth / (active weights / TP + KV share)
+  decode bound roofline.roofline: batch x bandwidth / (weights read / TP + KV share), weights read
+               = batch-1 active bytes + all routed experts x ((1 - (1 - k/E)^batch) - k/E) (MoE)
 Only functions that Excel and LibreOffice both support: INDEX, MATCH, IF, IFERROR, ISNUMBER,
-SMALL, MIN, MAX, INT, CEILING.
+SMALL, MIN, MAX, INT, CEILING, and the ^ operator.
 """
 
 from __future__ import annotations
@@ -173,9 +174,14 @@ WEIGHT_COLS = (
         "=IF(Q{r}=1,CEILING(E{r}*P{r}/8,1)+F{r}*scale_bytes+G{r}*base_bytes,L{r}*P{r}/8)", width=18),
     Col("active_weights_bytes", "weights read per token at batch 1 (bytes)", B,
         "=IF(Q{r}=1,S{r}-R{r}-K{r}*base_bytes+IF(N{r}>0,INT(R{r}*O{r}/N{r}),0),M{r}*P{r}/8)", width=18),
+    Col("routed_params", "routed experts: parameters (count)", B, width=18),
+    Col("routed_read_bytes", "routed experts, all, as decode reads them (bytes)", B,
+        "=IF(Q{r}=1,R{r},U{r}*P{r}/8)", width=18),
 )
 WL = _letters(WEIGHT_COLS)
 assert (WL["bits"], WL["quantized"], WL["routed_bytes"], WL["weights_bytes"]) == ("P", "Q", "R", "S")
+assert (WL["experts"], WL["experts_per_token"], WL["active_weights_bytes"], WL["routed_params"],
+        WL["routed_read_bytes"]) == ("N", "O", "T", "U", "V")
 
 
 # ---- Plan -----------------------------------------------------------------------------------
@@ -207,6 +213,12 @@ def plan_cols(num_tp: int) -> tuple[Col, ...]:
     b2 = f"INT({free_o}/({per_seq_o}+D{{r}}*{act_o}))"
     max_batch = f"MAX(0,MIN(max_batch_cap,IF({b1}*D{{r}}>=prefill_chunk,{b1},{b2})))"
     has = 'IF(ISNUMBER(O{r}),'
+    # weights one decode step reads: batch-1 active bytes + the extra experts E{r} sequences touch,
+    # all routed x ((1 - (1 - k/E)^batch) - k/E) (roofline.decode_weight_bytes)
+    def w(col: str) -> str:
+        return f"INDEX(Weights!${col}:${col},${WROW}{{r}})"
+    kfrac = f"{w('O')}/{w('N')}"
+    step_weights = (f"({w('T')}+IF({w('N')}>0,{w('V')}*((1-(1-{kfrac})^E{{r}})-{kfrac}),0))")
     return (
         Col("model", "model", "@", width=18), Col("gpu", "GPU", "@", width=12),
         Col("dtype", "dtype", "@", width=7), Col("context", "context (tokens)", B, width=10),
@@ -231,7 +243,7 @@ def plan_cols(num_tp: int) -> tuple[Col, ...]:
         Col("max_batch", "largest batch on GPUs needed (sequences)", B,
             f'={has}{max_batch},"")', width=11),
         Col("decode_tokens_per_s_bound", "decode bound on GPUs needed (tokens/s, all sequences)", "#,##0.0",
-            f'={has}E{{r}}*INDEX(GPUs!$D:$D,${GROW}{{r}})/(INDEX(Weights!$T:$T,${WROW}{{r}})/O{{r}}+G{{r}}*P{{r}}),"")',
+            f'={has}E{{r}}*INDEX(GPUs!$D:$D,${GROW}{{r}})/({step_weights}/O{{r}}+G{{r}}*P{{r}}),"")',
             width=13),
         Col("within_max_context", "context within model's max", "General", f"=D{{r}}<={m('max_context')}",
             width=9),

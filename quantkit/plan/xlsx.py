@@ -23,6 +23,8 @@ from openpyxl.worksheet.formula import ArrayFormula
 
 from quantkit.calculators.fit import MAX_BATCH
 from quantkit.calculators.kv_cache import layer_bytes_per_token
+from quantkit.calculators.params import count_params
+from quantkit.calculators.roofline import all_routed_bytes
 from quantkit.calculators.weights import checkpoint_bytes
 from quantkit.catalogue import GpuSpec
 from quantkit.plan import formulas as F
@@ -160,6 +162,8 @@ def _weight_records(plan: Plan) -> list[dict]:
                 "experts_per_token": w.experts_per_token, "bits": F.DTYPE_BITS[dtype],
                 "quantized": int(dtype in QUANTIZED), "routed_bytes": routed,
                 "weights_bytes": cb.total, "active_weights_bytes": cb.active,
+                "routed_params": count_params(spec).experts,
+                "routed_read_bytes": all_routed_bytes(spec, dtype, w.group_size, a.skip, F.SCALE_BYTES),
             })
     return out
 

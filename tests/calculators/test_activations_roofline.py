@@ -49,3 +49,58 @@ def test_roofline_prefill_and_decode_by_hand():
     assert r.decode_tokens_per_s == pytest.approx(2 * 10**12 / (2 * p + kv))
     assert r.prefill_flops == 2 * p * 20 + _attention_flops(s, 2, 10)
     assert r.prefill_seconds == pytest.approx(r.prefill_flops / 10**14)
+
+
+# --- MoE decode: a batch reads every expert at least one of its tokens picked ------------------
+
+
+def test_moe_read_fraction_matches_simulated_uniform_routing():
+    import random
+
+    from quantkit.calculators.roofline import moe_read_fraction
+
+    rng = random.Random(0)
+    for k, e, batch in [(2, 8, 1), (2, 8, 8), (8, 256, 16), (4, 60, 3)]:
+        trials = 4000
+        hit = sum(len({x for _ in range(batch) for x in rng.sample(range(e), k)}) for _ in range(trials))
+        assert moe_read_fraction(k, e, batch) == pytest.approx(hit / trials / e, rel=0.02)
+    assert moe_read_fraction(2, 8, 1) == 0.25 and moe_read_fraction(2, 8, 8) == pytest.approx(1 - 0.75 ** 8)
+
+
+def test_moe_decode_reads_more_experts_as_the_batch_grows():
+    from quantkit.calculators.params import count_params
+    from quantkit.calculators.roofline import decode_weight_bytes
+    from quantkit.calculators.weights import checkpoint_bytes
+
+    s = ModelSpec.from_hf_config(TINY["mixtral-moe"])  # 4 experts, top-2
+    p = count_params(s)
+    routed = p.experts * 2  # bf16
+    cb = checkpoint_bytes(s, "bf16")
+    assert decode_weight_bytes(s, Setup(dtype="bf16"), 1) == cb.active  # exact at batch 1
+    b3 = decode_weight_bytes(s, Setup(dtype="bf16"), 3)
+    assert b3 == pytest.approx(cb.active + routed * ((1 - 0.5 ** 3) - 0.5))  # 7/8 of experts read
+    assert decode_weight_bytes(s, Setup(dtype="bf16"), float("inf")) == pytest.approx(cb.total)
+    # int8: the same fractions of the quantized experts (int8 weights + scales)
+    from quantkit.calculators.weights import routed_bytes
+
+    q = Setup(dtype="int8")
+    assert decode_weight_bytes(s, q, 3) == pytest.approx(
+        checkpoint_bytes(s, "int8").active + routed_bytes(s, "int8", None, ("lm_head",), 2, 2) * (7 / 8 - 0.5))
+
+
+def test_moe_compute_bound_batch_solves_the_crossover():
+    from quantkit.calculators.params import count_params
+    from quantkit.calculators.roofline import decode_weight_bytes
+
+    s = ModelSpec.from_hf_config(TINY["mixtral-moe"])
+    setup = Setup(dtype="bf16", batch=1, context=1)
+    r = roofline(s, setup, GPU)
+    b = r.compute_bound_batch
+    active = count_params(s).active
+    kv_seq = r.decode_bytes_per_step - decode_weight_bytes(s, setup, 1)
+    compute = 2 * active * b / GPU.bf16_dense_flops
+    memory = (decode_weight_bytes(s, setup, b) + b * kv_seq) / GPU.memory_bandwidth_bytes_per_s
+    assert compute == pytest.approx(memory, rel=1e-6)
+    # later than the batch-1-weights answer, since a bigger batch reads more experts
+    denom = 2 * active * GPU.memory_bandwidth_bytes_per_s - kv_seq * GPU.bf16_dense_flops
+    assert b > decode_weight_bytes(s, setup, 1) * GPU.bf16_dense_flops / denom

@@ -21,6 +21,7 @@ from quantkit.calculators.activations import DEFAULT_PREFILL_CHUNK
 from quantkit.calculators.estimate import estimate
 from quantkit.calculators.kv_cache import layer_bytes_per_token
 from quantkit.calculators.memory import kv_heads_per_gpu
+from quantkit.calculators.params import count_params
 from quantkit.calculators.weights import DEFAULT_GROUP, DTYPE_BITS, QUANTIZED, routed_bytes, checkpoint_bytes
 from quantkit.catalogue import find_model_card, get_gpu
 from quantkit.selection import DEFAULT_SKIP
@@ -103,6 +104,9 @@ def expected_values(path: Path, a: Assume) -> dict[tuple[str, str], Any]:
             routed_bytes(s, dtype, group, tuple(a.skip), 2, 2) if dtype in QUANTIZED else 0)
         out[("Weights", f"{h['weights (bytes)']}{i}")] = cb.total
         out[("Weights", f"{h['weights read per token at batch 1 (bytes)']}{i}")] = cb.active
+        out[("Weights", f"{h['routed experts, all, as decode reads them (bytes)']}{i}")] = (
+            routed_bytes(s, dtype, group, tuple(a.skip), 2, 2) if dtype in QUANTIZED
+            else count_params(s).experts * DTYPE_BITS[dtype] / 8)
     ws = wb["Plan"]
     h = _headers(ws)
     plan_vals: dict[str, Any] = {}
