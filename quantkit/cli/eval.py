@@ -13,7 +13,7 @@ import click
 
 from quantkit.cli import handle_errors
 from quantkit.errors import InputError
-from quantkit.evaluator.options import DEVICES, GRAPH_MODES, EvalOptions
+from quantkit.evaluator.options import BACKENDS, DEVICES, GRAPH_MODES, EvalOptions
 
 D = EvalOptions  # the defaults live in one place: the dataclass
 
@@ -57,6 +57,9 @@ def _batches(ctx, param, value):
 @click.option("--gpu", default=None, help="Catalogue GPU for the roofline bound [default: detected].")
 @click.option("--device-map", default=None, type=click.Choice(["auto"]),
               help="Split the models over all GPUs with accelerate (perplexity only).")
+@click.option("--backend", default=D.backend, show_default=True, type=click.Choice(BACKENDS),
+              help="runner: quantkit's Llama-family decoder (needed for --speed); transformers: "
+                   "any causal LM, perplexity only; auto: the runner where it covers the model.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
 @click.option("--output", "-o", default=None, type=click.Path(path_type=Path),
@@ -66,7 +69,7 @@ def _batches(ctx, param, value):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars on stderr.")
 @handle_errors
 def eval_command(model, compare, ppl, ctx, stride, max_tokens, speed, batches, prompt_len,
-                 new_tokens, device, graphs, gpu, device_map, fmt, output, plot, quiet):
+                 new_tokens, device, graphs, gpu, device_map, backend, fmt, output, plot, quiet):
     """Perplexity, KL divergence and top-1 agreement, speed and memory of MODEL's variants.
 
     MODEL is a local Hugging Face folder (config.json + safetensors + tokenizer) or a Hub id
@@ -84,7 +87,7 @@ def eval_command(model, compare, ppl, ctx, stride, max_tokens, speed, batches, p
     opts = EvalOptions(compare=compare, ppl=ppl, ctx=ctx, stride=stride, max_tokens=max_tokens,
                        speed=speed, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens,
                        device=device, graphs=graphs, gpu=gpu, device_map=device_map,
-                       progress=not quiet)
+                       backend=backend, progress=not quiet)
     opts.validate()
 
     from quantkit.evaluator.compare import run_eval

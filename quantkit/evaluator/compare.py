@@ -20,12 +20,36 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from quantkit.errors import DependencyError, InputError, OutOfMemoryError
+from quantkit.errors import ConfigError, DependencyError, InputError, OutOfMemoryError
 from quantkit.evaluator.options import EvalOptions
 
 SPEED_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_allocated_bytes",
               "peak_reserved_bytes", "estimated_bytes", "decode_bound_tokens_per_s",
               "fraction_of_bound")
+
+
+def choose_backend(cfg: dict, opts: EvalOptions) -> tuple[str, str]:
+    """("runner" or "transformers", why the runner is not used). ``ConfigError`` where the asked
+    backend cannot run this model (``--backend runner`` on an architecture it does not cover,
+    ``--speed`` on one the runner does not cover)."""
+    from quantkit.evaluator.hf import runner_covers
+    from quantkit.modelbuild import check_causal_lm
+
+    if opts.backend == "runner":
+        from quantkit.evaluator.model import DecoderArgs
+
+        DecoderArgs.from_hf_config(cfg)  # ConfigError: unsupported architecture or bad field
+        return "runner", ""
+    check_causal_lm(cfg)
+    if opts.backend == "transformers":
+        return "transformers", "--backend transformers"
+    covered, why = runner_covers(cfg)
+    if covered:
+        return "runner", ""
+    if opts.speed:
+        raise ConfigError(f"--speed needs quantkit's runner, and {why[0].lower() + why[1:]}; "
+                          "perplexity alone runs through transformers (drop --speed)")
+    return "transformers", why
 
 
 def resolve_device(name: str):
@@ -53,10 +77,9 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
 
     import torch
 
-    from quantkit.evaluator.model import DecoderArgs
     from quantkit.evaluator.text import tokenize
 
-    DecoderArgs.from_hf_config(cfg)  # ConfigError: unsupported architecture or bad field
+    backend, why = choose_backend(cfg, opts)
 
     max_ctx = cfg.get("max_position_embeddings")
     if opts.ppl is not None and isinstance(max_ctx, int) and opts.ctx > max_ctx:
@@ -67,6 +90,9 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
         raise DependencyError("--speed measures GPU speed and memory and needs a CUDA device; on "
                               "this machine pass --ppl FILE for perplexity")
     notes: list[str] = []
+    if backend == "transformers":
+        notes.append("perplexity through transformers' implementation of model_type "
+                     f"'{cfg.get('model_type')}'" + (f" ({why})" if why else ""))
     tokens = None
     if source is not None:
         tokens = tokenize(model_dir, source.text, cfg.get("bos_token_id"))
@@ -74,13 +100,17 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
             tokens = tokens[:opts.max_tokens]
     gpu = _gpu_spec(opts, device, notes) if opts.speed else None
     try:
-        variants = build_variants(model_dir, specs, device, progress=opts.progress,
-                                  keep_on_cpu=opts.device_map is not None)
+        build = build_variants
+        if backend == "transformers":
+            from quantkit.evaluator.hf import build_hf_variants as build
+        variants = build(model_dir, specs, device, progress=opts.progress,
+                         keep_on_cpu=opts.device_map is not None)
     except torch.cuda.OutOfMemoryError:
         raise OutOfMemoryError(_load_oom_message(cfg, specs, device)) from None
     base = base_name(specs)
     out: dict[str, Any] = {
-        "model": str(model), "device": str(device), "device_name": _device_name(device),
+        "model": str(model), "backend": backend, "device": str(device),
+        "device_name": _device_name(device),
         "base": base, "protocol": None, "results": [], "speed": None, "notes": notes,
         "environment": _environment(),
     }
@@ -112,7 +142,7 @@ def _perplexity(variants, tokens, opts: EvalOptions, base, device, rows, notes) 
     models = {}
     for v in variants:
         if opts.device_map:
-            v.runner = dispatch_auto(v.runner)
+            v.runner = dispatch_auto(v.runner)  # an HFLogits is split by its model's own blocks
         models[v.spec.name] = v.runner
     if opts.device_map:
         notes.append("perplexity: models split over the visible GPUs with accelerate "
@@ -213,8 +243,13 @@ def _load_oom_message(cfg, specs, device) -> str:
 
     import torch
 
-    spec = ModelSpec.from_hf_config(cfg)
+    from quantkit.spec import is_supported
+
     free, total = torch.cuda.mem_get_info(device)
+    if not is_supported(cfg):
+        return (f"CUDA out of memory while loading {', '.join(s.name for s in specs)} (the GPU has "
+                f"{total / 1e9:.2f} GB); compare fewer variants, or use --device-map auto")
+    spec = ModelSpec.from_hf_config(cfg)
     need = sum(estimate(spec, dtype="int8" if s.kind != "float" else s.dtype, batch=1,
                         context=1).weights_bytes for s in specs)
     return (f"CUDA out of memory while loading {', '.join(s.name for s in specs)}: quantkit "

@@ -98,25 +98,30 @@ def random_runner(cfg: dict, dtype: torch.dtype = torch.bfloat16,
     return LoadedModel(runner, None, dict(cfg), None)
 
 
-def dispatch_auto(runner: Decoder, max_memory: dict | None = None,
-                  device_map: dict | str = "auto") -> Decoder:
-    """Split ``runner`` over the visible GPUs (accelerate ``infer_auto_device_map`` +
-    ``dispatch_model``), whole decoder layers per device. Perplexity only: mode "full"."""
+def dispatch_auto(runner: torch.nn.Module, max_memory: dict | None = None,
+                  device_map: dict | str = "auto") -> torch.nn.Module:
+    """Split ``runner`` (a ``Decoder``, or an ``hf.HFLogits`` around a transformers model) over the
+    visible GPUs (accelerate ``infer_auto_device_map`` + ``dispatch_model``), whole decoder layers
+    per device. Perplexity only: mode "full"."""
     from accelerate import dispatch_model, infer_auto_device_map
 
+    inner = getattr(runner, "model", runner)
+    hf = not isinstance(runner, Decoder)
+    no_split = list(getattr(inner, "_no_split_modules", None) or []) if hf else ["DecoderLayer"]
     if device_map == "auto":
         if not torch.cuda.is_available():
             raise ConfigError("device_map='auto' spreads a model over GPUs; no CUDA device is visible")
-        device_map = infer_auto_device_map(
-            runner, max_memory=max_memory, no_split_module_classes=["DecoderLayer"],
-            dtype=runner.model.norm.weight.dtype,
-        )
+        dtype = runner.get_input_embeddings().weight.dtype if hf else runner.model.norm.weight.dtype
+        device_map = infer_auto_device_map(runner, max_memory=max_memory,
+                                           no_split_module_classes=no_split, dtype=dtype)
         if any(d in ("cpu", "disk") for d in device_map.values()):
             raise InputError("the model does not fit on the visible GPUs even when split "
                              f"(accelerate placed some layers on {sorted(set(map(str, device_map.values())))})")
     return dispatch_model(runner, device_map=device_map)
 
 
-def first_device(runner: Decoder) -> torch.device:
+def first_device(runner: torch.nn.Module) -> torch.device:
     """Where input ids go: the embedding's device."""
-    return runner.model.embed_tokens.weight.device
+    if isinstance(runner, Decoder):
+        return runner.model.embed_tokens.weight.device
+    return runner.get_input_embeddings().weight.device

@@ -8,6 +8,7 @@ from quantkit.errors import InputError
 
 DEVICES = ("auto", "cuda", "cpu")
 GRAPH_MODES = ("cuda-graph", "compile", "none")  # see generate.make_step
+BACKENDS = ("auto", "runner", "transformers")  # see compare.choose_backend
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class EvalOptions:
     graphs: str = "cuda-graph"  # cuda-graph, compile, none
     gpu: str | None = None  # catalogue GPU for the roofline bound (default: detected)
     device_map: str | None = None  # "auto": split over GPUs with accelerate (perplexity only)
+    backend: str = "auto"  # runner (quantkit's, Llama family, speed), transformers (any causal LM)
     progress: bool = True
 
     def validate(self) -> None:
@@ -58,5 +60,10 @@ class EvalOptions:
                              "CUDA graphs need the model on one GPU); drop --speed")
         if self.device_map and self.device == "cpu":
             raise InputError("--device-map auto spreads the model over GPUs; it needs --device cuda")
+        if self.backend not in BACKENDS:
+            raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "transformers" and self.speed:
+            raise InputError("--speed runs quantkit's runner (static KV cache, CUDA graphs); "
+                             "--backend transformers is for perplexity only: drop --speed")
         if self.graphs not in GRAPH_MODES:
             raise InputError(f"--graphs must be one of {', '.join(GRAPH_MODES)}, got {self.graphs!r}")

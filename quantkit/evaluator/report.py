@@ -33,7 +33,9 @@ MEMORY = [
 
 
 def render_report(report: dict[str, Any]) -> str:
-    out = [f"{report['model']} on {report['device']} ({report['device_name']})"]
+    backend = {"runner": "quantkit runner", "transformers": "transformers"}.get(report.get("backend"), "")
+    out = [f"{report['model']} on {report['device']} ({report['device_name']})"
+           + (f", {backend}" if backend else "")]
     p = report.get("protocol")
     if p is not None:
         stride = "non-overlapping" if p["stride"] is None else f"strided, stride {p['stride']}"
