@@ -33,6 +33,8 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "deepseek_v2": {"mla": True},
     "deepseek_v3": {"mla": True},
     "starcoder2": {"mlp": _PLAIN, "norm": "layer", "bias_key": "use_bias"},
+    # gpt-oss: attention sinks (one logit per head and layer), biased router and experts
+    "gpt_oss": {"sinks": True, "router_bias": True, "expert_bias": True},
 }
 
 
@@ -93,6 +95,8 @@ class ModelSpec:
     experts_per_token: int = 0  # num_experts_per_tok
     moe_intermediate_size: int = 0  # moe_intermediate_size (Mixtral: intermediate_size)
     shared_experts: int = 0  # n_shared_experts
+    attn_sinks: bool = False  # gpt-oss: a learned sink logit per attention head and layer
+    router_has_bias: bool = False  # gpt-oss: the router (E x hidden) has a bias (E)
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE shared_expert_intermediate_size
     shared_expert_gate: bool = False  # Qwen2-MoE has a 1-output gate for its shared expert
     router_bias: bool = False  # DeepSeek-V3 e_score_correction_bias (noaux_tc)
@@ -167,7 +171,7 @@ class ModelSpec:
         attn_bias = bool(cfg.get(bias_key, fam.get("qkv_bias_default", False)))
         if model_type in ("qwen2", "qwen2_moe"):
             attn_bias = True  # Qwen2Attention always has q/k/v biases
-        mlp_bias = bool(cfg.get("mlp_bias", cfg.get("use_bias", False)))
+        mlp_bias = bool(cfg.get("mlp_bias", cfg.get("use_bias", False))) or bool(fam.get("expert_bias"))
         kw: dict[str, Any] = {}
         if mla:
             kw.update(
@@ -180,6 +184,7 @@ class ModelSpec:
             )
             head_dim = kw["qk_nope_head_dim"] + kw["qk_rope_head_dim"]
         kw.update(_moe_fields(cfg, model_type, layers))
+        kw.update(attn_sinks=bool(fam.get("sinks")), router_has_bias=bool(fam.get("router_bias")))
         sliding, layer_types = _sliding_fields(cfg, model_type, layers)
         dtype = cfg.get("torch_dtype") or cfg.get("dtype")
         return cls(
@@ -249,7 +254,9 @@ def _quant_info(qc: Any) -> QuantInfo | None:
         scale = _SCALE_BYTES.get(str(weights.get("scale_dtype")), 2)
         return QuantInfo(method, dtype, group, skip, scale)
     if method == "fp8":  # DeepSeek-V3 style; block scales are counted as per-channel scales
-        return QuantInfo(method, "fp8", None, tuple(qc.get("modules_to_not_convert") or ("lm_head",)), 4)
+        return QuantInfo(method, "fp8", None, _module_patterns(qc.get("modules_to_not_convert") or ("lm_head",)), 4)
+    if method == "mxfp4":  # gpt-oss: 4-bit values + one 8-bit (E8M0) scale per 32, experts only
+        return QuantInfo(method, "int4", 32, _module_patterns(qc.get("modules_to_not_convert") or ("lm_head",)), 1)
     if method in ("gptq", "awq"):
         bits = qc.get("bits", qc.get("w_bit"))
         group = qc.get("group_size", qc.get("q_group_size"))
@@ -263,6 +270,15 @@ def _quant_info(qc: Any) -> QuantInfo | None:
     return QuantInfo(method, None)
 
 
+def _module_patterns(names) -> tuple[str, ...]:
+    """transformers' ``modules_to_not_convert`` names a module and everything inside it
+    (``model.layers.*.self_attn``): as quantkit skip patterns, each name and ``name.*``."""
+    out: list[str] = []
+    for n in names:
+        out += [str(n), f"{n}.*"]
+    return tuple(out)
+
+
 def _moe_fields(cfg: Mapping[str, Any], model_type: str, layers: int) -> dict[str, Any]:
     experts = _opt_int(cfg, "num_local_experts") or _opt_int(cfg, "n_routed_experts") or 0
     if model_type in ("qwen2_moe", "qwen3_moe"):
@@ -271,7 +287,7 @@ def _moe_fields(cfg: Mapping[str, Any], model_type: str, layers: int) -> dict[st
     if not experts:
         return {"moe_layers": (False,) * layers}
     top_k = _req(cfg, "num_experts_per_tok")
-    if model_type == "mixtral":
+    if model_type in ("mixtral", "gpt_oss"):
         moe_inter = _req(cfg, "intermediate_size")
     else:
         moe_inter = _req(cfg, "moe_intermediate_size")

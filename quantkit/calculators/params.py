@@ -117,11 +117,11 @@ def _moe_linears(spec: ModelSpec, p: str) -> tuple[list[Linear], int]:
     for _ in range(spec.num_experts):
         out += [replace(lin, name=unit)
                 for lin in _mlp_linears(spec, unit, spec.moe_intermediate_size, "expert", False)]
-    if spec.model_type == "mixtral":
-        return out, spec.num_experts * spec.hidden_size
+    router = spec.num_experts * (spec.hidden_size + (1 if spec.router_has_bias else 0))
+    if spec.model_type in ("mixtral", "gpt_oss"):
+        return out, router
     # DeepSeek-V3's e_score_correction_bias (one fp32 per expert) is a buffer in transformers,
     # not a parameter, so it is not counted here (256 x 58 values: 59 KB in the checkpoint).
-    router = spec.num_experts * spec.hidden_size
     if spec.shared_experts:
         inter = spec.moe_intermediate_size * spec.shared_experts
         out += _mlp_linears(spec, f"{p}.mlp.shared_experts", inter, "shared_expert")
@@ -169,6 +169,8 @@ def count_params(spec: ModelSpec) -> ParamBreakdown:
         attn_norms = spec.kv_lora_rank + (spec.q_lora_rank or 0)
     if spec.qk_norm:
         attn_norms += 2 * spec.head_dim
+    if spec.attn_sinks:
+        attn_norms += spec.num_heads
     attention = sums["attention"] + attn_norms * spec.num_layers
     norms = _norm_params(spec, h) * (spec.num_layers * spec.norms_per_layer + 1)
     embedding = spec.vocab_size * h

@@ -56,8 +56,8 @@ def test_other_methods(qc, dtype, group):
 
 
 def test_unknown_method_asks_for_dtype():
-    s = with_qc({"quant_method": "mxfp4"})
-    with pytest.raises(ConfigError, match=r"quant_method 'mxfp4' .* pass --dtype"):
+    s = with_qc({"quant_method": "hqq"})
+    with pytest.raises(ConfigError, match=r"quant_method 'hqq' .* pass --dtype"):
         estimate(s)
     assert estimate(s, dtype="bf16").dtype == "bf16"
 
@@ -65,3 +65,24 @@ def test_unknown_method_asks_for_dtype():
 def test_regex_skip_patterns_match_from_the_start():
     assert is_skipped("model.layers.0.mlp.up_proj", ["re:.*mlp\\.up_proj$"])
     assert not is_skipped("model.layers.0.mlp.up_proj", ["re:mlp"])  # re.match, not search
+
+
+def test_gpt_oss_mxfp4_checkpoint_bytes():
+    """gpt-oss: experts in MXFP4 (4-bit values + one 1-byte scale per 32), the modules named in
+    modules_to_not_convert (and everything inside them) in bf16."""
+    from quantkit.calculators.params import count_params, linears
+
+    card = find_model_card("gpt-oss-20b")
+    s = ModelSpec.from_hf_config(card.data, name=card.name)
+    e = estimate(s)
+    assert (e.dtype, e.group_size, e.dtype_source) == ("int4", 32, "quantization_config (mxfp4)")
+    p = count_params(s)
+    assert p.total == 20_914_757_184  # transformers' meta-device count (tests/calculators)
+    assert round((p.active - p.embedding) / 1e9, 1) == 3.6  # published: "3.6B active parameters"
+    routed = [lin for lin in linears(s) if not lin.active]
+    q = sum(lin.in_features * lin.out_features for lin in routed)
+    scales = sum(lin.out_features * (lin.in_features // 32) for lin in routed)
+    biases = sum(lin.out_features for lin in routed)
+    assert e.weights_bytes == q // 2 + scales + 2 * (p.total - q)  # everything else bf16
+    assert biases > 0 and all(is_skipped(f"model.layers.{i}.self_attn.q_proj", s.quantization.skip)
+                               for i in (0, 23))
