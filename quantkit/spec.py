@@ -287,6 +287,9 @@ def _moe_fields(cfg: Mapping[str, Any], model_type: str, layers: int) -> dict[st
     if not experts:
         return {"moe_layers": (False,) * layers}
     top_k = _req(cfg, "num_experts_per_tok")
+    if top_k > experts:
+        raise ConfigError(f"config.json field 'num_experts_per_tok' ({top_k}) exceeds the number of "
+                          f"experts ({experts})")
     if model_type in ("mixtral", "gpt_oss"):
         moe_inter = _req(cfg, "intermediate_size")
     else:

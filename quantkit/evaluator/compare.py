@@ -35,17 +35,18 @@ def choose_backend(cfg: dict, opts: EvalOptions) -> tuple[str, str]:
     from quantkit.evaluator.hf import runner_covers
     from quantkit.modelbuild import check_causal_lm
 
+    covered, why = (True, "") if opts.backend == "transformers" else runner_covers(cfg)
     if opts.backend == "runner":
-        from quantkit.evaluator.model import DecoderArgs
-
-        DecoderArgs.from_hf_config(cfg)  # ConfigError: unsupported architecture or bad field
+        if not covered:
+            raise ConfigError(f"{why}; --backend transformers (or auto) scores this model's "
+                              "perplexity through transformers")
         return "runner", ""
-    check_causal_lm(cfg)
     if opts.backend == "transformers":
+        check_causal_lm(cfg)
         return "transformers", "--backend transformers"
-    covered, why = runner_covers(cfg)
     if covered:
         return "runner", ""
+    check_causal_lm(cfg)
     if opts.speed:
         raise ConfigError(f"--speed needs quantkit's runner, and {why[0].lower() + why[1:]}; "
                           "perplexity alone runs through transformers (drop --speed)")
@@ -246,10 +247,14 @@ def _load_oom_message(cfg, specs, device) -> str:
     from quantkit.spec import is_supported
 
     free, total = torch.cuda.mem_get_info(device)
+    generic = (f"CUDA out of memory while loading {', '.join(s.name for s in specs)} (the GPU has "
+               f"{total / 1e9:.2f} GB); compare fewer variants, or use --device-map auto")
     if not is_supported(cfg):
-        return (f"CUDA out of memory while loading {', '.join(s.name for s in specs)} (the GPU has "
-                f"{total / 1e9:.2f} GB); compare fewer variants, or use --device-map auto")
-    spec = ModelSpec.from_hf_config(cfg)
+        return generic
+    try:
+        spec = ModelSpec.from_hf_config(cfg)
+    except ConfigError:  # a config transformers completes with defaults that quantkit needs spelled out
+        return generic
     need = sum(estimate(spec, dtype="int8" if s.kind != "float" else s.dtype, batch=1,
                         context=1).weights_bytes for s in specs)
     return (f"CUDA out of memory while loading {', '.join(s.name for s in specs)}: quantkit "

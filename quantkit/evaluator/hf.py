@@ -23,7 +23,10 @@ from quantkit.errors import ConfigError, InputError
 _ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size",
               "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok",
-              "moe_intermediate_size")
+              "moe_intermediate_size", "tie_word_embeddings", "rope_theta", "sliding_window")
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 class HFLogits(nn.Module):
@@ -42,8 +45,13 @@ class HFLogits(nn.Module):
 
 def runner_covers(cfg: dict) -> tuple[bool, str]:
     """(True, "") if quantkit's runner builds ``cfg``, else (False, why not)."""
-    from quantkit.evaluator.model import DecoderArgs
+    from quantkit.evaluator.model import SUPPORTED_MODEL_TYPES, DecoderArgs
 
+    inner = cfg.get("text_config") if "text_config" in cfg and "hidden_size" not in cfg else cfg
+    model_type = inner.get("model_type") if isinstance(inner, dict) else None
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return False, (f"the eval runner supports model_type {', '.join(SUPPORTED_MODEL_TYPES)}; "
+                       f"got {model_type!r}")
     try:
         DecoderArgs.from_hf_config(cfg)
     except ConfigError as exc:
@@ -73,20 +81,53 @@ def build_hf_variants(model_dir: Path, specs, device: torch.device, progress: bo
         elif s.kind == "quantize":
             model = build_model(model_dir, base_dtype)
             options = {"group_size": s.group_size} if s.group_size is not None else {}
-            quantkit.quantize(model, quantkit.QuantConfig(method=s.method, **options), progress=progress)
+            report = quantkit.quantize(model, quantkit.QuantConfig(method=s.method, **options),
+                                       progress=progress)
             est, group, compute = "int8", s.group_size, torch.bfloat16
-            desc = (f"{s.method} quantized on the fly from the "
-                    f"{first_float or str(base_dtype).replace('torch.', '')} weights (transformers)")
+            base_name = first_float or _DTYPE_NAMES[base_dtype]
+            desc = f"{s.method} quantized on the fly from the {base_name} weights (transformers)"
+            kept = _kept_experts(model, report.skipped)
+            if kept:
+                desc += f"; {kept} MoE experts modules kept in {_DTYPE_NAMES[base_dtype]}"
         else:
             check_same_architecture(model_dir, s.path)
             model, est, group, compute, desc = _checkpoint(s.path)
         stored = weights_bytes(model)
         compute = torch.float32 if on_cpu else compute
-        model.to(compute)  # floats only: int8 weights stay int8
+        cast_activations(model, compute)
         if not keep_on_cpu:
             model.to(device)
         out.append(Variant(s, HFLogits(model.eval()), compute, est, group, desc, stored))
     return out
+
+
+def cast_activations(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the float tensors the forward computes with to ``dtype``, in place, except those of
+    quantized modules (their scales and biases stay as stored: the int8 kernels take them in any
+    float dtype) and those transformers keeps in fp32 (``modelbuild.fp32_kept``). bitsandbytes
+    layers are cast like any module (their int8 weight is not a float tensor)."""
+    from quantkit.modelbuild import fp32_kept
+    from quantkit.quantizers.experts import Int8Experts
+    from quantkit.quantizers.int8 import Int8Linear
+
+    kept = fp32_kept(getattr(model, "model", model) if isinstance(model, HFLogits) else model, dtype)
+    for name, mod in model.named_modules():
+        if isinstance(mod, (Int8Linear, Int8Experts)):
+            continue
+        for key, t in list(mod._parameters.items()) + list(mod._buffers.items()):
+            full = f"{name}.{key}" if name else key
+            if t is None or not t.is_floating_point() or t.dtype == dtype or kept(full):
+                continue
+            if key in mod._parameters:
+                t.data = t.data.to(dtype)
+            else:
+                mod._buffers[key] = t.to(dtype)
+
+
+def _kept_experts(model: nn.Module, skipped: list[str]) -> int:
+    from quantkit.quantizers.experts import is_fused_experts
+
+    return sum(1 for n in skipped if is_fused_experts(model.get_submodule(n)))
 
 
 def _stored_dtype(folder: Path) -> torch.dtype:
@@ -114,10 +155,16 @@ def _checkpoint(path: Path):
 
 
 def check_same_architecture(model_dir: Path, ckpt_dir: Path) -> None:
-    """``InputError`` unless the checkpoint's config.json describes MODEL's architecture."""
+    """``InputError`` unless the checkpoint's config.json describes MODEL's architecture, compared
+    on transformers' config objects (defaults filled in, aliases such as Qwen3-MoE's num_experts /
+    num_local_experts resolved, multimodal wrappers through their text config)."""
+    from quantkit.modelbuild import hf_config
+
     def arch(folder):
         cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-        return {k: cfg.get(k) for k in _ARCH_KEYS}
+        obj = hf_config(cfg)
+        obj = obj.get_text_config() if hasattr(obj, "get_text_config") else obj
+        return {k: getattr(obj, k, None) for k in _ARCH_KEYS}
 
     a, b = arch(model_dir), arch(ckpt_dir)
     diff = [k for k in _ARCH_KEYS if a[k] != b[k]]

@@ -191,7 +191,8 @@ def _finish(s: VariantSpec, runner: Decoder, device, compute: torch.dtype, est_d
 
 
 def _cast(v: Variant) -> None:
-    # Casts float tensors only: int8 weights stay int8 (bf16 scales and biases become exact
-    # fp32 copies on CPU, where activations are fp32).
-    if v.runner.model.norm.weight.dtype != v.compute_dtype:
-        v.runner.to(v.compute_dtype)
+    # Float tensors outside quantized layers only: int8 weights stay int8 and their scales and
+    # biases stay as stored (an fp16 or fp32 scale is not rounded to bf16 on the GPU).
+    from quantkit.evaluator.hf import cast_activations
+
+    cast_activations(v.runner, v.compute_dtype)

@@ -96,3 +96,78 @@ def test_cli_backend_transformers_json(tiny_model, tmp_path):
     bad = run_quantkit("eval", str(src), "--backend", "nope", "--ppl", str(text))
     assert_one_line_error(bad, r"Error: Invalid value for '--backend': 'nope' is not one of 'auto', "
                                r"'runner', 'transformers'")
+
+
+# --- found in review ---------------------------------------------------------------------------
+
+
+def test_checkpoint_architecture_check_reads_transformers_configs(tiny_model, tmp_path):
+    from quantkit.evaluator.hf import check_same_architecture
+
+    src = tiny_model("qwen2-moe-shared")
+    cfg = json.loads((src / "config.json").read_text())
+    hub = tmp_path / "hub"  # a Hub-style config: no head_dim (derived), same model
+    hub.mkdir()
+    (hub / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "head_dim"}))
+    check_same_architecture(hub, src)
+    check_same_architecture(src, hub)
+    flipped = tmp_path / "flipped"
+    flipped.mkdir()
+    (flipped / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": not cfg["tie_word_embeddings"]}))
+    with pytest.raises(InputError, match=r"is not a variant of .*: its config.json has tie_word_embeddings"):
+        check_same_architecture(src, flipped)
+
+
+def test_qwen3_moe_hub_config_against_its_own_quantized_checkpoint(tiny_model, tmp_path):
+    from quantkit.evaluator.hf import check_same_architecture
+
+    import quantkit
+    from quantkit.modelbuild import build_model
+    from quantkit.quantizers.checkpoint import save_quantized
+
+    src = tiny_model("qwen2-moe-shared", model_type="qwen3_moe")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["num_experts"] = cfg.pop("num_local_experts", cfg.get("num_experts"))  # the Hub spelling
+    (src / "config.json").write_text(json.dumps(cfg))
+    model = build_model(src)
+    config = quantkit.QuantConfig(method="int8")
+    quantkit.quantize(model, config, progress=False)
+    check_same_architecture(src, save_quantized(model, tmp_path / "q", config))
+
+
+def test_cast_keeps_quantized_tensors_and_fp32_router_bias(tiny_model):
+    import torch
+
+    import quantkit
+    from quantkit.evaluator.hf import cast_activations
+    from quantkit.modelbuild import build_model
+
+    model = build_model(tiny_model("deepseek-v3-mla-qlora"), dtype=torch.float16)
+    quantkit.quantize(model, quantkit.QuantConfig(method="int8", scale_dtype="fp32"), progress=False)
+    cast_activations(model, torch.bfloat16)
+    dtypes = {n: t.dtype for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+    assert all(d == torch.float32 for n, d in dtypes.items() if n.endswith("e_score_correction_bias"))
+    assert all(d == torch.float32 for n, d in dtypes.items() if n.endswith("_scale"))  # not rounded
+    assert dtypes["model.norm.weight"] == torch.bfloat16
+    assert dtypes["model.layers.0.self_attn.q_a_proj.weight"] == torch.int8
+
+
+def test_llm_int8_on_moe_says_the_experts_stay_float(tiny_model):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (extra 'bnb')")
+    src = tiny_model("mixtral-moe")
+    text = _with_tokenizer(src, n_words=600)
+    report = run_eval(str(src), EvalOptions(compare="bf16,llm.int8", ppl=str(text), ctx=128,
+                                            device="cpu", progress=False))
+    assert "; 3 MoE experts modules kept in bf16" in report["results"][1]["description"]
+
+
+def test_auto_uses_the_runner_even_for_old_architecture_names(ref_docs_dir, ref_docs_valid, tmp_path):
+    import shutil
+
+    model = tmp_path / "old-name"
+    shutil.copytree(ref_docs_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "architectures": ["LLaMAForCausalLM"]}))
+    report = run_eval(str(model), EvalOptions(compare="bf16", ppl=str(ref_docs_valid), ctx=128,
+                                              max_tokens=256, device="cpu", progress=False))
+    assert report["backend"] == "runner"
