@@ -113,10 +113,9 @@ def _moe_linears(spec: ModelSpec, p: str) -> tuple[list[Linear], int]:
     ``<layer>.mlp.experts`` (3-D tensors, Mixtral included), for every projection of every expert:
     that is the unit ``quantkit quantize`` swaps and skip patterns match, so both agree."""
     unit = f"{p}.mlp.experts"
-    out: list[Linear] = []
-    for _ in range(spec.num_experts):
-        out += [replace(lin, name=unit)
-                for lin in _mlp_linears(spec, unit, spec.moe_intermediate_size, "expert", False)]
+    one = [replace(lin, name=unit)  # frozen: the same objects stand for every expert
+           for lin in _mlp_linears(spec, unit, spec.moe_intermediate_size, "expert", False)]
+    out: list[Linear] = one * spec.num_experts
     router = spec.num_experts * (spec.hidden_size + (1 if spec.router_has_bias else 0))
     if spec.model_type in ("mixtral", "gpt_oss"):
         return out, router
