@@ -179,18 +179,21 @@ def check_converted_names(model, model_dir) -> None:
     from transformers.core_model_loading import revert_weight_conversion
 
     names = checkpoint_names(model_dir)
-    expected = set(revert_weight_conversion(model, model.state_dict()))
+    state = model.state_dict()
+    expected = set(revert_weight_conversion(model, state))
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    # tied keys are named in the model's layout: revert them too (Gemma-3's language_model.lm_head)
+    tied |= set(revert_weight_conversion(model, {k: state[k] for k in tied if k in state}))
     ignore = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
     source = f"the checkpoint in '{model_dir}'"
     missing = sorted(expected - names - tied)
     if missing:
         raise InputError(f"{source} lacks tensor '{missing[0]}' that the model in config.json needs "
-                         "(checkpoint layout: one tensor per expert)")
+                         "(names as the checkpoint stores them, before transformers converts them)")
     extra = sorted(k for k in names - expected if not any(p.search(k) for p in ignore))
     if extra:
         raise InputError(f"{source} has tensor '{extra[0]}' that the model in config.json does not "
-                         "have (checkpoint layout: one tensor per expert)")
+                         "have (names as the checkpoint stores them, before transformers converts them)")
 
 
 def _from_pretrained(model_dir, cfg: dict, dtype, device):

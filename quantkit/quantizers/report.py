@@ -149,8 +149,8 @@ def estimated_checkpoint_bytes(hf_config: dict, config, base_bytes: int, extra_s
     from quantkit.calculators.weights import quantized_checkpoint_bytes
     from quantkit.spec import ModelSpec, is_supported
 
-    if not is_supported(hf_config):
-        return None
+    if not is_supported(hf_config) or "text_config" in hf_config:
+        return None  # (a multimodal wrapper: the estimate counts its language model only)
     spec = ModelSpec.from_hf_config(hf_config)
     return quantized_checkpoint_bytes(spec, bits=config.bits, group_size=config.group_size,
                                       skip=tuple(config.skip) + tuple(extra_skip), scale_bytes=config.scale_bytes,
