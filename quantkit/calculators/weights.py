@@ -109,7 +109,8 @@ def checkpoint_bytes(
 
 
 def routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes) -> int:
-    """Bytes of all routed experts (MoE) at ``dtype``; a token at batch 1 reads top-k of them."""
+    """Bytes of all routed experts (MoE) at ``dtype``, their biases included; a token at batch 1
+    reads top-k of them."""
     bits = DTYPE_BITS[dtype]
     out = 0
     for lin in linears(spec):
@@ -121,6 +122,7 @@ def routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes) -> int:
             n_groups = 1 if group_size is None else ceil_div(lin.in_features, group_size)
             out += ceil_div(lin.in_features * lin.out_features * bits, 8)
             out += lin.out_features * n_groups * scale_bytes
+            out += lin.out_features * base_bytes if lin.bias else 0  # gpt-oss: experts have biases
     return out
 
 

@@ -146,11 +146,11 @@ class WeightData:
     experts_per_token: int
 
     def routed_bytes(self, bits: int, scale_bytes: int, base_bytes: int) -> int:
-        """Bytes of all routed experts as ``weights.routed_bytes`` counts them (no quantized biases)."""
+        """Bytes of all routed experts as ``weights.routed_bytes`` counts them (biases included)."""
         if self.dtype not in QUANTIZED:
             return 0
         return (ceil_div(self.routed_quantized_params * bits, 8) + self.routed_scales * scale_bytes
-                + self.routed_kept_params * base_bytes)
+                + (self.routed_kept_params + self.routed_bias_params) * base_bytes)
 
 
 @lru_cache(maxsize=256)

@@ -14,10 +14,10 @@ from tests.plan.expected import Assume
 
 SMALL = {"models": "llama2-7b,llama2-70b", "gpus": "h100-80gb,a100-80gb", "dtypes": "bf16,int8,int4",
          "contexts": "4096,32768", "batches": "1,8"}
-# MoE, MLA, sliding windows, paged blocks, fp8 KV, 90% utilisation, int4 groups of 64, 40 KV heads;
+# MoE (gpt-oss: biased experts), MLA, sliding windows, paged blocks, fp8 KV, 90% utilisation, int4 groups of 64, 40 KV heads;
 # a 131,072-token prefill chunk puts rows on both sides of it (batch x context, and largest batch x
 # context: test_xlsx checks that both branches of the largest-batch formula are taken)
-OPTIONS = {"models": "mixtral-8x7b,deepseek-v2-lite,gemma2-9b,llama2-13b", "gpus": "h100,l4",
+OPTIONS = {"models": "mixtral-8x7b,deepseek-v2-lite,gemma2-9b,llama2-13b,gpt-oss-20b", "gpus": "h100,l4",
            "dtypes": "bf16,int4", "contexts": "4097,32768", "batches": "1,7", "block_size": 16,
            "kv_dtype": "fp8", "gpu_util": 0.9, "group_size": 64, "prefill_chunk": 131072,
            "overhead_bytes": 10**9}

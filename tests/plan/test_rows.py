@@ -132,7 +132,7 @@ def test_weight_counts_give_checkpoint_bytes(name):
                 total = ceil_div(w.quantized_params * bits, 8) + 2 * w.scales + 2 * w.kept_params
                 routed = w.routed_bytes(bits, 2, 2)
                 assert routed == routed_bytes(s, dtype, w.group_size, ("lm_head",), 2, 2)
-                active = total - routed - 2 * w.routed_bias_params + (
+                active = total - routed + (
                     routed * w.experts_per_token // w.experts if w.experts else 0)
             else:
                 total, active = w.total_params * bits // 8, w.active_params * bits // 8
