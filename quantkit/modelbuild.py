@@ -121,10 +121,15 @@ def build_model(model_dir, dtype=None, device="cpu"):
         raise ConfigError(f"'{model_dir}' is already quantized (quantization_config, quant_method "
                           f"'{method}'); start from a bf16/fp16/fp32 model")
     model = empty_model(cfg, dtype)
-    if needs_conversion(model, model_dir):
-        check_converted_names(model, model_dir)
+    names = checkpoint_names(model_dir)
+    if names is not None and needs_conversion(model, names):
+        check_converted_names(model, model_dir, names)
         return _from_pretrained(model_dir, cfg, dtype, device)
     state = load_state_dict(model_dir, dtype=dtype, keep=fp32_kept(model, dtype))
+    if names is None and needs_conversion(model, set(state)):  # legacy .bin: names known only now
+        check_converted_names(model, model_dir, set(state))
+        del state
+        return _from_pretrained(model_dir, cfg, dtype, device)
     assign_state_dict(model, state, f"the checkpoint in '{model_dir}'")
     return model.to(device).eval()
 
@@ -160,25 +165,24 @@ def checkpoint_names(model_dir) -> set[str] | None:
     return {name for path in files for name in check_safetensors_file(path)}
 
 
-def needs_conversion(model, model_dir) -> bool:
-    """True if the checkpoint's tensor names are not the meta ``model``'s and transformers has a
-    checkpoint conversion mapping for this model (the Hub layout of MoE experts)."""
+def needs_conversion(model, names: set[str]) -> bool:
+    """True if the checkpoint's tensor ``names`` are not the meta ``model``'s and transformers has
+    a checkpoint conversion mapping for this model (the Hub layout of MoE experts, Gemma-3's
+    language_model.* names)."""
     from transformers.conversion_mapping import extract_weight_conversions_for_model
 
-    names = checkpoint_names(model_dir)
-    if names is None or not (names - set(model.state_dict())):
+    if not (names - set(model.state_dict())):
         return False
     return extract_weight_conversions_for_model(model) is not None
 
 
-def check_converted_names(model, model_dir) -> None:
+def check_converted_names(model, model_dir, names: set[str]) -> None:
     """``InputError`` naming the first tensor the checkpoint lacks or has beyond the names
     transformers' conversion mapping expects for the meta ``model`` (reverted to the Hub layout).
     Checked before loading: transformers stacks whatever expert indices it finds, so a missing
     expert offset by a stray one (experts 0, 2, 3, 7 of 4) would pass its shape checks."""
     from transformers.core_model_loading import revert_weight_conversion
 
-    names = checkpoint_names(model_dir)
     state = model.state_dict()
     expected = set(revert_weight_conversion(model, state))
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})

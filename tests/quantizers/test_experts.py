@@ -321,3 +321,14 @@ def test_qwen3_moe_estimate_counts_experts_from_either_config_spelling():
     as_dict = Qwen3MoeConfig(**{k: v for k, v in cfg.items() if k != "model_type"}).to_dict()
     assert "num_experts" not in as_dict or as_dict["num_experts"] is None  # transformers 5 renames it
     assert hub.num_experts == ModelSpec.from_hf_config(as_dict).num_experts == 4
+
+
+def test_hub_layout_moe_as_legacy_bin_loads_exactly(tmp_path):
+    """pytorch_model.bin names are known only once loaded (weights_only); then the same rule."""
+    from safetensors.torch import load_file
+
+    original = _hub_layout("mixtral-moe", tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    assert torch.equal(_logits(build_model(tmp_path)), _logits(original))
