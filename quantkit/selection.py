@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Iterable
 
 # Kept in bf16 by default: the output projection. Embeddings are not nn.Linear and are never
@@ -23,6 +24,11 @@ DEFAULT_SKIP: tuple[str, ...] = ("lm_head",)
 
 def is_skipped(name: str, patterns: Iterable[str]) -> bool:
     """True if module ``name`` matches any of ``patterns`` (exact, last component, or glob)."""
+    return _is_skipped(name, tuple(patterns))
+
+
+@lru_cache(maxsize=1 << 16)  # the estimator asks for the same (name, patterns) per expert
+def _is_skipped(name: str, patterns: tuple[str, ...]) -> bool:
     last = name.rsplit(".", 1)[-1]
     for pattern in patterns:
         if pattern.startswith("re:"):

@@ -67,16 +67,22 @@ def all_routed_bytes(spec: ModelSpec, dtype: str, group_size: int | None, skip: 
 def decode_weight_bytes(spec: ModelSpec, s: Setup, batch: float) -> float:
     """Weight bytes one decode step of ``batch`` sequences reads (whole model, before TP): the
     batch-1 active bytes, plus for MoE the extra experts a larger batch touches (module docstring)."""
+    return _weight_reader(spec, s)(batch)
+
+
+def _weight_reader(spec: ModelSpec, s: Setup):
+    """``batch -> decode_weight_bytes``, with the byte counts computed once (for bisection)."""
     active = checkpoint_bytes(spec, s.dtype, s.group_size, s.skip, s.scale_bytes).active
-    if not spec.is_moe or batch == 1:
-        return active
+    if not spec.is_moe:
+        return lambda batch: active
     k, e = spec.experts_per_token, spec.num_experts
     routed = all_routed_bytes(spec, s.dtype, s.group_size, s.skip, s.scale_bytes)
-    return active + routed * (moe_read_fraction(k, e, batch) - k / e)
+    return lambda batch: active if batch == 1 else active + routed * (moe_read_fraction(k, e, batch) - k / e)
 
 
 def roofline(spec: ModelSpec, s: Setup, gpu: GpuSpec, tp: int = 1) -> Roofline:
-    weights = decode_weight_bytes(spec, s, s.batch) / tp
+    read = _weight_reader(spec, s)
+    weights = read(s.batch) / tp
     kv = kv_cache(spec, s.batch, s.context, s.kv_dtype_bytes, s.block_size).total
     kv = kv * kv_heads_per_gpu(spec, tp)
     step_bytes = weights + kv
@@ -93,7 +99,7 @@ def roofline(spec: ModelSpec, s: Setup, gpu: GpuSpec, tp: int = 1) -> Roofline:
     elif not spec.is_moe:
         crit = weights * gpu.bf16_dense_flops / denom
     else:  # W grows with the batch (more experts read): bisect compute time = memory time
-        crit = _moe_crossover(spec, s, tp, denom, gpu.bf16_dense_flops)
+        crit = _moe_crossover(read, tp, denom, gpu.bf16_dense_flops)
     return Roofline(
         decode_bytes_per_step=int(step_bytes),
         decode_tokens_per_s=s.batch * bw / step_bytes,
@@ -103,14 +109,15 @@ def roofline(spec: ModelSpec, s: Setup, gpu: GpuSpec, tp: int = 1) -> Roofline:
     )
 
 
-def _moe_crossover(spec: ModelSpec, s: Setup, tp: int, denom: float, peak_gpu: float) -> float:
-    """The batch B where B x denom = W(B) / tp x peak_gpu (W(B): ``decode_weight_bytes``).
-    The difference is negative near 0 and positive at the dense answer for all experts read, and
-    W is increasing and concave in B, so there is one crossing; bisection to 1e-9 relative."""
-    lo, hi = 0.0, decode_weight_bytes(spec, s, float("inf")) / tp * peak_gpu / denom
+def _moe_crossover(read, tp: int, denom: float, peak_gpu: float) -> float:
+    """The batch B where B x denom = W(B) / tp x peak_gpu (``read``: B -> W(B), the weight bytes
+    a step reads). The difference is negative near 0 and positive at the dense answer for all
+    experts read, and W is increasing and concave in B, so there is one crossing; bisection to
+    1e-9 relative."""
+    lo, hi = 0.0, read(float("inf")) / tp * peak_gpu / denom
     for _ in range(200):
         mid = (lo + hi) / 2
-        if mid * denom >= decode_weight_bytes(spec, s, mid) / tp * peak_gpu:
+        if mid * denom >= read(mid) / tp * peak_gpu:
             hi = mid
         else:
             lo = mid
