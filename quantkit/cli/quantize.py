@@ -38,10 +38,11 @@ def parse_size(text: str) -> int:
 @click.option("--group-size", type=int, default=None,
               help="int8: one scale per N input columns [default: one per output channel].")
 @click.option("--skip", multiple=True, metavar="PATTERN",
-              help="Linear module kept unquantized: full name (model.layers.0.mlp.down_proj), last "
-                   "part (lm_head) or glob (*.mlp.*); repeat for several. Given at all, the list "
-                   "REPLACES the default skip list (lm_head): add --skip lm_head to keep lm_head in "
-                   "bf16; --skip none quantizes every Linear. A pattern matching no Linear is an error.")
+              help="Linear or MoE experts module kept unquantized: full name "
+                   "(model.layers.0.mlp.down_proj), last part (lm_head, experts) or glob (*.mlp.*); "
+                   "repeat for several. Given at all, the list REPLACES the default skip list "
+                   "(lm_head): add --skip lm_head to keep lm_head in bf16; --skip none quantizes "
+                   "every Linear. A pattern matching no such module is an error.")
 @click.option("--scale-dtype", default=None, metavar="DTYPE",
               help=f"int8 scale storage dtype: {', '.join(SCALE_DTYPES)} [default: bf16].")
 @click.option("--threshold", type=float, default=None,

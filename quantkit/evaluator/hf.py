@@ -26,9 +26,6 @@ _ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_h
               "moe_intermediate_size", "tie_word_embeddings", "rope_theta", "sliding_window")
 
 
-_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 class HFLogits(nn.Module):
     """A transformers causal LM as the perplexity code calls models: ids (B, L) -> logits (B, L, V)."""
 
@@ -64,7 +61,7 @@ def build_hf_variants(model_dir: Path, specs, device: torch.device, progress: bo
     """One ``variants.Variant`` per spec, its ``runner`` an ``HFLogits``, cast to its compute
     dtype and on ``device`` (left on the CPU with ``keep_on_cpu``, for ``--device-map auto``)."""
     import quantkit
-    from quantkit.evaluator.loader import DTYPES
+    from quantkit.evaluator.loader import DTYPE_NAMES, DTYPES
     from quantkit.evaluator.speed import weights_bytes
     from quantkit.evaluator.variants import Variant
     from quantkit.modelbuild import build_model
@@ -84,11 +81,11 @@ def build_hf_variants(model_dir: Path, specs, device: torch.device, progress: bo
             report = quantkit.quantize(model, quantkit.QuantConfig(method=s.method, **options),
                                        progress=progress)
             est, group, compute = "int8", s.group_size, torch.bfloat16
-            base_name = first_float or _DTYPE_NAMES[base_dtype]
+            base_name = first_float or DTYPE_NAMES[base_dtype]
             desc = f"{s.method} quantized on the fly from the {base_name} weights (transformers)"
             kept = _kept_experts(model, report.skipped)
             if kept:
-                desc += f"; {kept} MoE experts modules kept in {_DTYPE_NAMES[base_dtype]}"
+                desc += f"; {kept} MoE experts modules kept in {DTYPE_NAMES[base_dtype]}"
         else:
             check_same_architecture(model_dir, s.path)
             model, est, group, compute, desc = _checkpoint(s.path)
@@ -140,6 +137,7 @@ def _stored_dtype(folder: Path) -> torch.dtype:
 
 def _checkpoint(path: Path):
     import quantkit
+    from quantkit.evaluator.loader import DTYPE_NAMES
     from quantkit.modelbuild import build_model
     from quantkit.quantizers.checkpoint import is_quantkit_checkpoint
 
@@ -150,7 +148,7 @@ def _checkpoint(path: Path):
         return (model, "int8", block.get("group_size"), torch.bfloat16,
                 f"checkpoint {path} ({block.get('method')}, transformers)")
     dtype = _stored_dtype(path)
-    name = {torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, "bf16")
+    name = DTYPE_NAMES[dtype]
     return build_model(path, dtype), name, None, dtype, f"checkpoint {path} ({name}, transformers)"
 
 

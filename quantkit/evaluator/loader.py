@@ -23,6 +23,7 @@ from quantkit.errors import ConfigError, InputError
 from quantkit.evaluator.model import Decoder, DecoderArgs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}  # torch dtype -> fp32 / bf16 / fp16
 
 
 @dataclass

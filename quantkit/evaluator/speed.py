@@ -192,8 +192,9 @@ def _estimate(runner, dtype, group_size, batch, context, prompt_len, gpu, res: S
 
 
 def _kv_dtype(runner) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[
-        runner.model.norm.weight.dtype]
+    from quantkit.evaluator.loader import DTYPE_NAMES
+
+    return DTYPE_NAMES[runner.model.norm.weight.dtype]
 
 
 def _derive(res: SpeedResult, est) -> None:

@@ -160,14 +160,14 @@ def _check_same_model(model_dir: Path, ckpt_dir) -> None:
 def _checkpoint_variant(s: VariantSpec, device, base_dir: Path) -> Variant:
     import torch
 
-    from quantkit.evaluator.loader import DTYPES, load_runner
+    from quantkit.evaluator.loader import DTYPE_NAMES, load_runner
 
     lm = load_runner(s.path)
     _check_same_model(base_dir, s.path)
     q = lm.quantization
     if q is None:
         dtype = lm.runner.model.norm.weight.dtype
-        name = {v: k for k, v in DTYPES.items()}.get(dtype, "fp32")
+        name = DTYPE_NAMES.get(dtype, "fp32")
         return _finish(s, lm.runner, device, dtype, name, None, f"checkpoint {s.path} ({name})")
     block = q.get("quantkit", {})
     group = block.get("group_size")
