@@ -7,7 +7,10 @@ at ``bits`` per weight (int4 packed two per byte) plus one scale of ``scale_byte
 channel (per-channel) or per output channel and group of ``group_size`` input columns (per-group;
 a partial last group gets its own scale). Symmetric schemes, so no zero points. Everything else
 (embeddings, norms, biases, routers, skipped linears such as ``lm_head``) stays at ``base_bytes``
-(bf16: 2). This is exactly the tensor bytes of a quantkit int8 checkpoint, checked in tests.
+(bf16: 2), except the tensors transformers keeps in fp32 (DeepSeek's router weights and router
+bias, per transformers release: ``fp32_kept``), which quantize loads and writes in fp32. This is
+exactly the tensor bytes of a quantkit int8 checkpoint, checked in tests on every supported
+transformers release.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from quantkit.calculators.fp32_kept import fp32_extra_bytes
 from quantkit.calculators.params import count_params, linears
 from quantkit.errors import UnknownNameError
 from quantkit.selection import DEFAULT_SKIP, is_skipped
@@ -61,6 +65,7 @@ class WeightBytes:
     scale_bytes: int  # quantization scales
     kept_params: int  # parameters kept at base precision (embeddings, norms, skipped linears)
     skipped: tuple[str, ...]  # linear layers kept at base precision by the skip filter
+    fp32_extra: int = 0  # bytes beyond base precision of tensors transformers keeps in fp32
 
 
 @lru_cache(maxsize=4096)
@@ -99,13 +104,14 @@ def checkpoint_bytes(
             active += nbytes
     linear_params = sum(lin.params for lin in linears(spec))
     other = params.total - linear_params  # embeddings, norms, routers
-    total += other * base_bytes
+    extra = fp32_extra_bytes(spec, base_bytes)  # routers (read by every token) kept in fp32
+    total += other * base_bytes + extra
     # routed experts: one token at batch 1 reads experts_per_token of num_experts
     if spec.is_moe:
         routed = routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes)
         active += routed * spec.experts_per_token // spec.num_experts
-    active += other * base_bytes
-    return WeightBytes(total, active, quantized, scales, params.total - quantized, tuple(skipped))
+    active += other * base_bytes + extra
+    return WeightBytes(total, active, quantized, scales, params.total - quantized, tuple(skipped), extra)
 
 
 def routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes) -> int:

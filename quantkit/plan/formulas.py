@@ -7,7 +7,8 @@ Plan (one row per combination; every computed cell a formula) and Chart.
 Each formula mirrors one calculator, and the tests recalculate the workbook in LibreOffice and
 compare every formula cell with quantkit's own Python result:
   weights      weights.checkpoint_bytes: ceil(quantized x bits / 8) + scales x scale bytes
-               + kept params x base bytes (textbook params x bits / 8 for unquantized dtypes)
+               + kept params x base bytes + fp32-kept params x (4 - base bytes) + fp32 buffers x 4
+               (textbook params x bits / 8 for unquantized dtypes)
   KV cache     kv_cache.kv_cache: batch x (full layers x tokens + sliding layers x
                min(context, window)) x values/token/layer x KV bytes; tokens rounded up to whole
                paged blocks when block_size > 0
@@ -171,17 +172,20 @@ WEIGHT_COLS = (
     Col("routed_bytes", "routed experts, all (bytes)", B,
         "=IF(Q{r}=1,CEILING(H{r}*P{r}/8,1)+I{r}*scale_bytes+(J{r}+K{r})*base_bytes,0)", width=18),
     Col("weights_bytes", "weights (bytes)", B,
-        "=IF(Q{r}=1,CEILING(E{r}*P{r}/8,1)+F{r}*scale_bytes+G{r}*base_bytes,L{r}*P{r}/8)", width=18),
+        "=IF(Q{r}=1,CEILING(E{r}*P{r}/8,1)+F{r}*scale_bytes+G{r}*base_bytes+W{r}*(4-base_bytes)+X{r}*4,"
+        "L{r}*P{r}/8)", width=18),
     Col("active_weights_bytes", "weights read per token at batch 1 (bytes)", B,
         "=IF(Q{r}=1,S{r}-R{r}+IF(N{r}>0,INT(R{r}*O{r}/N{r}),0),M{r}*P{r}/8)", width=18),
     Col("routed_params", "routed experts: parameters (count)", B, width=18),
     Col("routed_read_bytes", "routed experts, all, as decode reads them (bytes)", B,
         "=IF(Q{r}=1,R{r},U{r}*P{r}/8)", width=18),
+    Col("fp32_params", "kept params that transformers keeps in fp32 (count)", B, width=18),
+    Col("fp32_buffers", "fp32 buffers saved with the checkpoint (count)", B, width=18),
 )
 WL = _letters(WEIGHT_COLS)
 assert (WL["bits"], WL["quantized"], WL["routed_bytes"], WL["weights_bytes"]) == ("P", "Q", "R", "S")
 assert (WL["experts"], WL["experts_per_token"], WL["active_weights_bytes"], WL["routed_params"],
-        WL["routed_read_bytes"]) == ("N", "O", "T", "U", "V")
+        WL["routed_read_bytes"], WL["fp32_params"], WL["fp32_buffers"]) == ("N", "O", "T", "U", "V", "W", "X")
 
 
 # ---- Plan -----------------------------------------------------------------------------------

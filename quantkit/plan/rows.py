@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 # valid_tp_degrees: the TP degrees fit.min_gpus may pick (they divide the head count); the same
 # list estimate() names when it refuses an invalid num_gpus
 from quantkit.calculators.estimate import Estimate, estimate, valid_tp_degrees
+from quantkit.calculators.fp32_kept import fp32_elements
 from quantkit.calculators.memory import kv_heads_per_gpu
 from quantkit.calculators.params import count_params, linears
 from quantkit.calculators.weights import DEFAULT_GROUP, DTYPE_BITS, QUANTIZED
@@ -144,6 +145,8 @@ class WeightData:
     active_params: int
     experts: int
     experts_per_token: int
+    fp32_params: int = 0  # of the kept params, those transformers keeps in fp32 (DeepSeek routers)
+    fp32_buffers: int = 0  # fp32 buffers saved with quantized checkpoints (DeepSeek-V3 router bias)
 
     def routed_bytes(self, bits: int, scale_bytes: int, base_bytes: int) -> int:
         """Bytes of all routed experts as ``weights.routed_bytes`` counts them (biases included)."""
@@ -188,6 +191,7 @@ def weight_data(spec: ModelSpec, dtype: str, group_size: int | None, skip: tuple
         quantized_params=q, scales=s, kept_params=p.total - q, routed_quantized_params=rq,
         routed_scales=rs, routed_kept_params=rk, routed_bias_params=rb, total_params=p.total,
         active_params=p.active, experts=spec.num_experts, experts_per_token=spec.experts_per_token,
+        **(dict(zip(("fp32_params", "fp32_buffers"), fp32_elements(spec))) if dtype in QUANTIZED else {}),
     )
 
 

@@ -164,6 +164,7 @@ def _weight_records(plan: Plan) -> list[dict]:
                 "weights_bytes": cb.total, "active_weights_bytes": cb.active,
                 "routed_params": count_params(spec).experts,
                 "routed_read_bytes": all_routed_bytes(spec, dtype, w.group_size, a.skip, F.SCALE_BYTES),
+                "fp32_params": w.fp32_params, "fp32_buffers": w.fp32_buffers,
             })
     return out
 

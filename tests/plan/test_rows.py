@@ -129,7 +129,8 @@ def test_weight_counts_give_checkpoint_bytes(name):
             cb = checkpoint_bytes(s, dtype, w.group_size, ("lm_head",))
             bits = DTYPE_BITS[dtype]
             if dtype in QUANTIZED:
-                total = ceil_div(w.quantized_params * bits, 8) + 2 * w.scales + 2 * w.kept_params
+                total = (ceil_div(w.quantized_params * bits, 8) + 2 * w.scales + 2 * w.kept_params
+                         + 2 * w.fp32_params + 4 * w.fp32_buffers)
                 routed = w.routed_bytes(bits, 2, 2)
                 assert routed == routed_bytes(s, dtype, w.group_size, ("lm_head",), 2, 2)
                 active = total - routed + (
