@@ -32,14 +32,16 @@ def _batches(ctx, param, value):
 
 @click.command("eval")
 @click.argument("model")
-@click.option("--compare", default=D.compare, show_default=True,
+@click.option("--compare", default=None,
               help="Variants, comma-separated: bf16, fp16, fp32, int8, int8-g<N>, llm.int8 "
                    "(quantized on the fly) or paths of saved checkpoints. The first float one is "
-                   "the base of KL and top-1.")
+                   "the base of KL and top-1. [default: bf16,int8; for a quantized MODEL, its "
+                   "base model's bf16 and MODEL itself]")
 @click.option("--ppl", default=None, metavar="FILE|DATASET",
               help="Perplexity text: a .txt or .jsonl file, 'wikitext2', or "
                    "dataset:PATH[:CONFIG[:SPLIT]] (needs the datasets package and network).")
-@click.option("--ctx", default=D.ctx, show_default=True, type=int, help="Tokens per window.")
+@click.option("--ctx", default=None, type=int,
+              help="Tokens per window [default: 2048, or the model's max_position_embeddings if less].")
 @click.option("--stride", default=None, type=int,
               help="Strided sliding window (Hugging Face guide) with this stride "
                    "[default: non-overlapping windows].")

@@ -21,7 +21,7 @@ import platform
 from typing import Any
 
 from quantkit.errors import ConfigError, DependencyError, InputError, OutOfMemoryError
-from quantkit.evaluator.options import EvalOptions
+from quantkit.evaluator.options import DEFAULT_COMPARE, DEFAULT_CTX, EvalOptions
 
 SPEED_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_allocated_bytes",
               "peak_reserved_bytes", "estimated_bytes", "decode_bound_tokens_per_s",
@@ -64,16 +64,31 @@ def resolve_device(name: str):
 
 
 def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
-    """Perplexity and/or speed of every ``opts.compare`` variant of ``model``."""
+    """Perplexity and/or speed of every ``opts.compare`` variant of ``model``.
+
+    ``model`` may be a quantized checkpoint (quantkit's, or another tool's that quantkit loads):
+    then it is itself a variant, and float or on-the-fly entries of ``--compare`` (by default
+    ``bf16``) use the base model its ``quantkit.source`` names, when that folder exists."""
+    from dataclasses import replace
+
     from quantkit.evaluator.text import load_text
-    from quantkit.evaluator.variants import base_name, build_variants, parse_compare
+    from quantkit.evaluator.variants import base_name, build_variants
     from quantkit.modelio import read_config, resolve_model_dir
 
     # Everything a user can get wrong is checked before a model is loaded.
     opts.validate()
-    specs = parse_compare(opts.compare)
     model_dir = resolve_model_dir(model)
     cfg = read_config(model_dir)
+    notes: list[str] = []
+    base_dir, specs = _variants_of(model, model_dir, cfg, opts.compare, notes)
+    if base_dir != model_dir:  # a quantized MODEL: its base model's weights and tokenizer
+        model_dir, cfg = base_dir, read_config(base_dir)
+    max_ctx = cfg.get("max_position_embeddings")
+    if opts.ctx is None:
+        opts = replace(opts, ctx=min(DEFAULT_CTX, max_ctx) if _positive_int(max_ctx) else DEFAULT_CTX)
+        if opts.stride is not None and opts.stride > opts.ctx:
+            raise InputError(f"--stride ({opts.stride}) must not exceed the window, {opts.ctx} "
+                             "tokens (the default --ctx for this model)")
     source = load_text(opts.ppl) if opts.ppl is not None else None
 
     import torch
@@ -82,15 +97,13 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
 
     backend, why = choose_backend(cfg, opts)
 
-    max_ctx = cfg.get("max_position_embeddings")
-    if opts.ppl is not None and isinstance(max_ctx, int) and opts.ctx > max_ctx:
+    if opts.ppl is not None and _positive_int(max_ctx) and opts.ctx > max_ctx:
         raise InputError(f"--ctx {opts.ctx} exceeds the model's max_position_embeddings ({max_ctx}); "
                          f"perplexity beyond it is not meaningful: use --ctx {max_ctx} or less")
     device = resolve_device(opts.device)
     if opts.speed and device.type != "cuda" and opts.ppl is None:
         raise DependencyError("--speed measures GPU speed and memory and needs a CUDA device; on "
                               "this machine pass --ppl FILE for perplexity")
-    notes: list[str] = []
     if backend == "transformers":
         notes.append("perplexity through transformers' implementation of model_type "
                      f"'{cfg.get('model_type')}'" + (f" ({why})" if why else ""))
@@ -123,6 +136,46 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
         out["speed"] = _speed(variants, opts, device, gpu, rows, notes)
     out["results"] = list(rows.values())
     return out
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _variants_of(model: str, model_dir, cfg: dict, compare: str | None, notes: list[str]):
+    """(folder whose weights float and on-the-fly variants start from, variant specs).
+
+    A float MODEL: ``compare`` (default bf16,int8) over MODEL. A quantized MODEL is a variant
+    itself (added last when ``compare`` does not list it), and float / on-the-fly entries (by
+    default bf16, when the base is known) come from the base model its checkpoint names."""
+    from pathlib import Path
+
+    from quantkit.evaluator.variants import VariantSpec, parse_compare
+
+    if not isinstance(cfg.get("quantization_config"), dict):
+        return model_dir, parse_compare(compare or DEFAULT_COMPARE)
+    block = cfg["quantization_config"].get("quantkit")
+    src = block.get("source") if isinstance(block, dict) else None
+    base = Path(src) if isinstance(src, str) and (Path(src) / "config.json").is_file() else None
+    if compare is None:
+        compare = "bf16" if base is not None else ""
+        if base is None:
+            notes.append(f"{model} is a quantized checkpoint whose base model is "
+                         + (f"not at '{src}'" if src else "not recorded")
+                         + ": it is evaluated alone (no KL or top-1); pass the base model as MODEL "
+                           f"and --compare bf16,{model} to compare them")
+    specs = parse_compare(compare) if compare else []
+    own = Path(model_dir).resolve()
+    if not any(s.kind == "checkpoint" and Path(s.path).resolve() == own for s in specs):
+        specs.append(VariantSpec(str(model), "checkpoint", path=Path(model_dir)))
+    if any(s.kind != "checkpoint" for s in specs):
+        if base is None:
+            raise InputError(f"{model} is a quantized checkpoint and its base model is "
+                             + (f"not at '{src}'" if src else "not recorded in it")
+                             + f"; --compare {compare} needs float weights: pass the base model "
+                               f"as MODEL and {model} in --compare")
+        return base, specs
+    return model_dir, specs
 
 
 def _row(v) -> dict[str, Any]:

@@ -66,15 +66,21 @@ def _fill_quantized(runner: Decoder, cfg: dict, model_dir: Path, dtype, source: 
     are not quantized are cast to ``dtype``."""
     from quantkit.modelio import load_state_dict
     from quantkit.modelbuild import assign_state_dict
-    from quantkit.quantizers.checkpoint import prepare_quantized
+    from quantkit.quantizers.checkpoint import load_built_modules, prepare_quantized, read_quant_block
+    from quantkit.quantizers.configs import handler_for
 
-    _, quantized = prepare_quantized(runner, cfg, model_dir)
+    config, block = read_quant_block(cfg, model_dir)
+    built = not hasattr(handler_for(config), "empty_module")  # bitsandbytes: built from tensors
+    quantized = block["quantized_modules"] if built else prepare_quantized(runner, cfg, model_dir)[1]
     done = frozenset(quantized)
     state = load_state_dict(model_dir)
+    if built:
+        load_built_modules(runner, config, quantized, state, model_dir)
+        state = {k: t for k, t in state.items() if k.rpartition(".")[0] not in done}
     if dtype is not None:
         state = {k: (t.to(dtype) if t.is_floating_point() and k.rpartition(".")[0] not in done
                      else t) for k, t in state.items()}
-    assign_state_dict(runner, state, source)
+    assign_state_dict(runner, state, source, handled_modules=done if built else frozenset())
 
 
 def random_runner(cfg: dict, dtype: torch.dtype = torch.bfloat16,

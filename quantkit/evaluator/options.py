@@ -9,15 +9,17 @@ from quantkit.errors import InputError
 DEVICES = ("auto", "cuda", "cpu")
 GRAPH_MODES = ("cuda-graph", "compile", "none")  # see generate.make_step
 BACKENDS = ("auto", "runner", "transformers")  # see compare.choose_backend
+DEFAULT_CTX = 2048  # tokens per perplexity window, unless the model's max_position_embeddings is less
+DEFAULT_COMPARE = "bf16,int8"
 
 
 @dataclass(frozen=True)
 class EvalOptions:
     """Everything ``quantkit eval`` can be asked; the CLI's defaults are these."""
 
-    compare: str = "bf16,int8"
+    compare: str | None = None  # None: "bf16,int8"; for a quantized MODEL, its base and itself
     ppl: str | None = None  # .txt / .jsonl path, or a dataset name (see text.load_text)
-    ctx: int = 2048  # tokens per window
+    ctx: int | None = None  # tokens per window; None: min(DEFAULT_CTX, the model's maximum)
     stride: int | None = None  # None: non-overlapping windows
     max_tokens: int | None = None  # evaluate the first N tokens only
     speed: bool = False
@@ -38,10 +40,11 @@ class EvalOptions:
 
         if self.ppl is None and not self.speed:
             raise InputError("nothing to measure: pass --ppl FILE and/or --speed")
-        positive("--ctx", self.ctx, 2)
+        if self.ctx is not None:
+            positive("--ctx", self.ctx, 2)
         if self.stride is not None:
             positive("--stride", self.stride)
-            if self.stride > self.ctx:
+            if self.ctx is not None and self.stride > self.ctx:
                 raise InputError(f"--stride ({self.stride}) must not exceed --ctx ({self.ctx})")
         if self.max_tokens is not None:
             positive("--max-tokens", self.max_tokens, 2)

@@ -20,7 +20,11 @@ from quantkit.errors import DependencyError, InputError, OfflineError
 DATASETS = {
     "wikitext2": ("wikitext", "wikitext-2-raw-v1", "test", "text"),
     "wikitext103": ("wikitext", "wikitext-103-raw-v1", "test", "text"),
+    # C4 as GPTQ/AWQ evaluate it: the first English validation shard
+    "c4": ("allenai/c4", None, "validation", "text"),
 }
+_DATA_FILES = {"c4": {"validation": "en/c4-validation.00000-of-00008.json.gz"}}
+_DATA_EXTRA = "pip install 'quantkit[data]'"
 _DATASET_PREFIX = "dataset:"
 
 
@@ -39,11 +43,15 @@ def load_text(source: str) -> TextSource:
     if path.is_file():
         if path.suffix == ".jsonl":
             return TextSource(_read_jsonl(path), str(path))
+        if path.suffix == ".parquet":
+            return TextSource(_read_parquet(path), str(path))
         if path.suffix in (".txt", ".text", ".raw", ""):
             return TextSource(_read(path), str(path))
-        raise InputError(f"{path}: the perplexity text must be a .txt or .jsonl file")
+        raise InputError(f"{path}: the perplexity text must be a .txt, .jsonl or .parquet file")
+    if path.is_dir():
+        return TextSource(_read_saved_dataset(path), str(path))
     if source in DATASETS:
-        return TextSource(_load_dataset(*DATASETS[source]), source)
+        return TextSource(_load_dataset(*DATASETS[source], data_files=_DATA_FILES.get(source)), source)
     if source.startswith(_DATASET_PREFIX):
         parts = source[len(_DATASET_PREFIX):].split(":")
         if not parts[0] or len(parts) > 3:
@@ -89,12 +97,58 @@ def _read_jsonl(path: Path) -> str:
     return text
 
 
+def _joined(docs, where) -> str:
+    text = "\n\n".join(d for d in docs if isinstance(d, str))
+    if not text.strip():
+        raise InputError(f"{where}: no text (no document has any)")
+    return text
+
+
+def _read_parquet(path: Path) -> str:
+    """The "text" column of a parquet file (pyarrow, which the datasets extra brings)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DependencyError(f"{path}: reading parquet needs pyarrow ({_DATA_EXTRA})") from None
+    try:
+        schema = pq.read_schema(path)
+        if "text" not in schema.names:
+            raise InputError(f"{path}: no 'text' column (columns: {', '.join(schema.names)})")
+        return _joined(pq.read_table(path, columns=["text"]).column("text").to_pylist(), path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def _read_saved_dataset(path: Path) -> str:
+    """The "text" column of a ``datasets`` ``save_to_disk`` folder (its "test" split, or its only
+    split, for a DatasetDict)."""
+    if not any((path / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        raise InputError(f"{path} is a folder but not a datasets save_to_disk folder; pass a .txt, "
+                         ".jsonl or .parquet file")
+    try:
+        import datasets
+    except ImportError:
+        raise DependencyError(f"{path}: a save_to_disk folder needs the datasets package ({_DATA_EXTRA})") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        raise InputError(f"{path}: cannot load the saved dataset ({str(exc).splitlines()[0]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds)
+        if "test" not in ds and len(splits) != 1:
+            raise InputError(f"{path}: a dataset with splits {', '.join(splits)}; save the split to score")
+        ds = ds["test" if "test" in ds else splits[0]]
+    if "text" not in ds.column_names:
+        raise InputError(f"{path}: no 'text' column (columns: {', '.join(ds.column_names)})")
+    return _joined(ds["text"], path)
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0", "false", "False")
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _load_dataset(ds_path: str, config: str | None, split: str, field: str) -> str:
+def _load_dataset(ds_path: str, config: str | None, split: str, field: str, data_files=None) -> str:
     name = ":".join(p for p in (ds_path, config, split) if p)
     if _offline():
         raise OfflineError(f"dataset {name!r} needs the network, and HF offline mode is set; "
@@ -103,11 +157,12 @@ def _load_dataset(ds_path: str, config: str | None, split: str, field: str) -> s
         import datasets
     except ImportError:
         raise DependencyError(
-            f"dataset {name!r} needs the 'datasets' package (pip install datasets), "
+            f"dataset {name!r} needs the 'datasets' package ({_DATA_EXTRA}), "
             f"or pass a local .txt or .jsonl file"
         ) from None
     try:
-        ds = datasets.load_dataset(ds_path, config, split=split)
+        extra = {"data_files": data_files} if data_files else {}
+        ds = datasets.load_dataset(ds_path, config, split=split, **extra)
     except (ConnectionError, OSError, TimeoutError) as exc:
         # datasets raises ConnectionError (or an OSError subclass) when the Hub is unreachable.
         raise OfflineError(f"could not fetch dataset {name!r} ({type(exc).__name__}); "
@@ -130,14 +185,48 @@ def tokenize(model_dir: Path, text: str, bos_id: int | None) -> list[int]:
         except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
             raise InputError(f"{model_dir / 'tokenizer.json'}: cannot load ({exc})") from None
         ids = tok.encode(text, add_special_tokens=False).ids
-    elif (model_dir / "tokenizer.model").is_file():
-        import sentencepiece
-
+    elif (model_dir / "tokenizer.model").is_file() and _is_sentencepiece(model_dir / "tokenizer.model"):
+        sentencepiece = _require("sentencepiece", "a sentencepiece tokenizer.model")
         try:
             sp = sentencepiece.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
         except (OSError, RuntimeError) as exc:
             raise InputError(f"{model_dir / 'tokenizer.model'}: cannot load ({exc})") from None
         ids = sp.encode(text)
+    elif any((model_dir / f).is_file() for f in _OTHER_TOKENIZER_FILES):
+        ids = _auto_tokenizer(model_dir).encode(text, add_special_tokens=False)
     else:
-        raise InputError(f"{model_dir} has neither tokenizer.json nor tokenizer.model")
+        raise InputError(f"{model_dir} has no tokenizer: tokenizer.json, a sentencepiece or tiktoken "
+                         f"tokenizer.model, or vocab.json + merges.txt")
     return ([bos_id] if bos_id is not None else []) + list(ids)
+
+
+# Tokenizer files that transformers' AutoTokenizer reads when there is no tokenizer.json: GPT-2
+# style BPE (vocab.json + merges.txt), tiktoken BPE files (Llama-3 original, Kimi, ...).
+_OTHER_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "tokenizer.tiktoken", "tiktoken.model")
+
+
+def _is_sentencepiece(path: Path) -> bool:
+    """A sentencepiece model is a protobuf (binary); a tiktoken BPE file is base64 text lines."""
+    with open(path, "rb") as fh:
+        head = fh.read(256)
+    return not head or any(b < 9 or 13 < b < 32 for b in head)
+
+
+def _require(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DependencyError(f"reading {what} needs the '{module}' package, which quantkit installs: "
+                              f"reinstall it (pip install quantkit) or pip install {module}") from None
+
+
+def _auto_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{model_dir}: cannot load its tokenizer ({first})") from None

@@ -44,7 +44,8 @@ load_in_8bit, llm_int8_threshold, llm_int8_skip_modules) plus the same ``quantki
     "quantkit": {"version": 1, "quantkit_version": "0.1.0", "method": "int8" | "llm.int8",
                  "bits": 8, "granularity": "channel" | "group", "group_size": null | N,
                  "scale_dtype": "bf16" | "fp16" | "fp32", "config": QuantConfig.to_dict(),
-                 "quantized_modules": [...], "skipped_modules": [...]}
+                 "quantized_modules": [...], "skipped_modules": [...],
+                 "source": the absolute path of the folder it was made from, or null}
 
 quantkit reads only the ``quantkit`` block (never guesses the scheme from tensor names).
 
@@ -145,7 +146,8 @@ def check_output_dir(out, force: bool = False, model_dir=None) -> Path:
     """Refuse an output folder that would lose data, before any work; return ``out``.
 
     Refused (``InputError``, ``OutputExistsError``): an ``out`` that is the model folder, contains
-    it or lies inside it (symlinks resolved); a missing parent folder (none is created); an
+    it or lies inside it (symlinks resolved); a parent that is a file or not writable (missing
+    parent folders are fine: ``atomic_output_dir`` creates them); an
     existing ``out`` without ``force``; with ``force``, an existing ``out`` that is not an empty
     folder or a quantkit checkpoint (a file, or a folder of other things, is never deleted).
     """
@@ -164,12 +166,14 @@ def check_output_dir(out, force: bool = False, model_dir=None) -> Path:
     entry = _entry(out)
     if not entry.name:
         raise InputError(f"--out '{out}' is the filesystem root; choose a new folder")
-    parent = entry.parent
-    if not parent.is_dir():
-        why = "is not a folder" if parent.exists() else "does not exist"
-        raise InputError(f"cannot write '{out}': the folder '{parent}' {why}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write '{out}': the folder '{parent}' is not writable")
+    parent = entry.parent  # created with its missing parents when the output is written
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot write '{out}': the folder '{existing}' is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write '{out}': the folder '{existing}' is not writable")
     if entry.exists() or entry.is_symlink():
         if not force:
             raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
@@ -199,7 +203,12 @@ def atomic_output_dir(out, force: bool = False, model_dir=None):
     if it is an empty folder or a quantkit checkpoint; ``model_dir`` (the source model) is never
     inside, around or equal to ``out``."""
     check_output_dir(out, force, model_dir)
-    with atomic_dir(_entry(Path(out)), replace=force) as tmp:
+    entry = _entry(Path(out))
+    try:  # missing parent folders are created, as transformers' save_pretrained does
+        entry.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write '{out}': {exc.strerror or exc}") from None
+    with atomic_dir(entry, replace=force) as tmp:
         yield tmp
 
 
@@ -239,8 +248,10 @@ def _standalone(t):
     return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
 
 
-def quantization_config(config: QuantConfig, quantized: list[str], skipped: list[str]) -> dict:
-    """The ``quantization_config`` entry of config.json for a model quantized with ``config``."""
+def quantization_config(config: QuantConfig, quantized: list[str], skipped: list[str],
+                        source=None) -> dict:
+    """The ``quantization_config`` entry of config.json for a model quantized with ``config``;
+    ``source``: the model folder it was made from (``quantkit eval`` compares against it)."""
     from quantkit import __version__
 
     qc = handler_for(config).checkpoint_config(config, quantized, skipped)
@@ -255,6 +266,7 @@ def quantization_config(config: QuantConfig, quantized: list[str], skipped: list
         "config": config.to_dict(),
         "quantized_modules": list(quantized),
         "skipped_modules": list(skipped),
+        "source": None if source is None else str(Path(source).resolve()),
     }
     return qc
 
@@ -265,7 +277,7 @@ def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=N
 
     report: a ``QuantReport`` written as quant_report.json; source_dir: the source model folder,
     whose tokenizer files are copied and which ``out`` may not be, contain or lie inside.
-    ``out``'s parent folder must exist; an existing ``out`` is replaced only with ``force`` and
+    Missing parent folders of ``out`` are created; an existing ``out`` is replaced only with ``force`` and
     only if it is an empty folder or a quantkit checkpoint (``check_output_dir``). Returns ``out``.
     """
     from quantkit.modelio import copy_tokenizer_files
@@ -274,7 +286,7 @@ def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=N
         raise ConfigError("save_quantized needs a transformers model (its .config becomes config.json)")
     state, quantized, skipped = collect_state(model, config)
     cfg = model.config.to_dict()
-    cfg["quantization_config"] = quantization_config(config, quantized, skipped)
+    cfg["quantization_config"] = quantization_config(config, quantized, skipped, source_dir)
     with atomic_output_dir(out, force, model_dir=source_dir) as tmp:
         write_shards(state, tmp, max_shard_bytes)
         atomic_write(tmp / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -327,7 +339,8 @@ def prepare_quantized(model, cfg: dict, source="checkpoint") -> tuple[QuantConfi
     config, block = read_quant_block(cfg, source)
     handler = handler_for(config)
     if not hasattr(handler, "empty_module"):
-        raise ConfigError(f"'{source}': {config.method} checkpoints load only with quantkit.load_quantized")
+        raise ConfigError(f"'{source}': {config.method} modules are built from their tensors "
+                          "(load_built_modules), not prepared empty")
     quantized = list(block["quantized_modules"])
     from torch import nn
 
@@ -371,13 +384,22 @@ def load_quantized(path, device="cpu", dtype=None):
         rest.update({k: t for k, t in state.items() if k.rsplit(".", 1)[0] in quantized})
         assign_state_dict(model, rest, source)
     else:  # modules built from their tensors (bitsandbytes)
-        by_owner: dict[str, dict] = {}
-        for key, t in state.items():
-            owner, local = key.rsplit(".", 1)
-            if owner in quantized:
-                by_owner.setdefault(owner, {})[local] = t
-        for name in block["quantized_modules"]:
-            linear = _target(model, name, path, experts_ok=False)
-            model.set_submodule(name, handler.load_module(name, linear, config, by_owner.get(name, {})))
+        load_built_modules(model, config, block["quantized_modules"], state, path)
         assign_state_dict(model, rest, source, handled_modules=quantized)
     return model.to(device).eval()
+
+
+def load_built_modules(model, config: QuantConfig, names, state: dict, source) -> None:
+    """Swap each module in ``names`` for the one its method's handler builds from its stored
+    tensors (methods without ``empty_module``: bitsandbytes' ``Linear8bitLt``). ``model`` is a
+    transformers model or the eval runner; the caller assigns the other tensors."""
+    handler = handler_for(config)
+    wanted = frozenset(names)
+    by_owner: dict[str, dict] = {}
+    for key, t in state.items():
+        owner, local = key.rsplit(".", 1)
+        if owner in wanted:
+            by_owner.setdefault(owner, {})[local] = t
+    for name in names:
+        linear = _target(model, name, source, experts_ok=False)
+        model.set_submodule(name, handler.load_module(name, linear, config, by_owner.get(name, {})))

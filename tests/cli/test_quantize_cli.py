@@ -220,14 +220,15 @@ def test_force_replaces_only_an_empty_folder_or_a_quantkit_checkpoint(tiny_model
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_missing_parent_folder_is_refused_not_created(tiny_model, tmp_path):
+def test_missing_parent_folders_are_created_a_file_in_the_way_is_refused(tiny_model, tmp_path):
     src = tiny_model("llama")
-    _assert_error(_invoke(src, "--out", tmp_path / "nonexist" / "o14"),
-                  r"Error: cannot write '.*/nonexist/o14': the folder '.*/nonexist' does not exist")
+    result = _invoke(src, "--out", tmp_path / "a" / "b" / "o14")  # as save_pretrained does
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "b" / "o14" / "config.json").is_file()
     (tmp_path / "a_file").write_text("x")
-    _assert_error(_invoke(src, "--out", tmp_path / "a_file" / "o14"),
-                  r"Error: cannot write '.*/a_file/o14': the folder '.*/a_file' is not a folder")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    _assert_error(_invoke(src, "--out", tmp_path / "a_file" / "sub" / "o14"),
+                  r"Error: cannot write '.*/a_file/sub/o14': the folder '.*/a_file' is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "a_file"]
 
 
 def test_output_files_have_default_modes(tiny_model, tmp_path):

@@ -135,10 +135,13 @@ def test_load_unknown_quantized_module(saved):
         load_quantized(saved)
 
 
-def test_save_refuses_a_missing_parent_and_the_model_folder(quantized, tiny_model, tmp_path):
-    with pytest.raises(InputError, match=r"^cannot write '.*/missing/q': the folder '.*/missing' does not exist$"):
-        save_quantized(quantized, tmp_path / "missing" / "q", CONFIG)
-    assert list(tmp_path.iterdir()) == []
+def test_save_creates_missing_parents_refuses_a_file_parent_and_the_model_folder(quantized, tiny_model, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"^cannot write '.*/file/q': the folder '.*/file' is not a folder$"):
+        save_quantized(quantized, tmp_path / "file" / "q", CONFIG)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+    save_quantized(quantized, tmp_path / "missing" / "q", CONFIG)  # missing parents are created
+    assert (tmp_path / "missing" / "q" / "config.json").is_file()
     src = tiny_model("llama")
     files = sorted(p.name for p in src.iterdir())
     for out, why in ((src, "is the MODEL folder"), (src.parent, "contains the MODEL folder"),
