@@ -28,7 +28,8 @@ class Estimate:
     model: str
     params: ParamBreakdown
     dtype: str
-    dtype_source: str  # "argument", "quantization_config (<method>)" or "torch_dtype"
+    dtype_source: str  # "argument", "quantization_config (<method>)", "torch_dtype" (bf16/fp16
+    # as stored) or "default; the checkpoint stores fp32" (served in bf16, stored otherwise)
     group_size: int | None
     weights_bytes: int  # as stored at `dtype` (quantized view: scales, kept modules)
     weights_bytes_by_dtype: dict[str, int]  # textbook: params x bytes per param
@@ -88,7 +89,11 @@ def _resolve_dtype(spec: ModelSpec, dtype: str | None) -> tuple[str, str]:
                 f"config.json's quantization_config has quant_method {q.method!r} with a scheme "
                 f"quantkit does not read; pass --dtype (one of {', '.join(DTYPE_BITS)})")
         return q.dtype, f"quantization_config ({q.method})"
-    return ("fp16" if spec.torch_dtype == "float16" else "bf16"), "torch_dtype"
+    if spec.torch_dtype in ("float16", "bfloat16"):
+        return ("fp16" if spec.torch_dtype == "float16" else "bf16"), "torch_dtype"
+    stored = {"float32": "fp32", None: None}.get(spec.torch_dtype, spec.torch_dtype)
+    return "bf16", ("default; the checkpoint stores " + stored if stored
+                    else "default; config.json names no torch_dtype")
 
 
 def valid_tp_degrees(spec: ModelSpec) -> list[int]:

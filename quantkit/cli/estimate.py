@@ -88,7 +88,8 @@ def render_estimate(est) -> str:
     g = f", group {est.group_size}" if est.group_size else ""
     kv_note = f"{est.kv_bytes_per_token:,} B/token ({est.kv_dtype})"
     mem = [
-        (f"weights ({est.dtype}{g}; dtype from {est.dtype_source})", est.weights_bytes, "bytes"),
+        (f"weights ({est.dtype}{g} ({est.dtype_source}))" if est.dtype_source.startswith("default")
+         else f"weights ({est.dtype}{g}; dtype from {est.dtype_source})", est.weights_bytes, "bytes"),
         (f"KV cache, {kv_note}", est.kv_cache_bytes, "bytes"),
     ]
     if s.mla and not est.train:

@@ -13,6 +13,7 @@ from quantkit.plan.definition import DEFAULT_BATCHES, DEFAULT_CONTEXTS, DEFAULT_
 from quantkit.plan.export import FORMATS
 
 _A = Assumptions()
+PROGRESS_ROWS = 2_000
 
 
 def _csv(values) -> str:
@@ -23,8 +24,9 @@ def _csv(values) -> str:
 @click.option("--plan", "plan_file", default=None, metavar="NAME|FILE",
               help="A plan YAML: a file, or a name in calculators/plans/ (e.g. datacenter). "
                    "The options below override its fields.")
-@click.option("--models", default=None, help="Comma-separated model names (see 'quantkit models') or config.json paths.")
-@click.option("--gpus", default=None, help="Comma-separated GPU names (see 'quantkit gpus').")
+@click.option("--models", default=None, help="Comma-separated model names (see 'quantkit models'), "
+                                            "globs (llama3*), 'all', or config.json paths.")
+@click.option("--gpus", default=None, help="Comma-separated GPU names (see 'quantkit gpus'), globs (h1*) or 'all'.")
 @click.option("--dtypes", default=None, help=f"Comma-separated weight dtypes: fp32, fp16, bf16, fp8, int8, int4 [default: {_csv(DEFAULT_DTYPES)}].")
 @click.option("--contexts", default=None, help=f"Comma-separated tokens per sequence [default: {_csv(DEFAULT_CONTEXTS)}].")
 @click.option("--batches", default=None, help=f"Comma-separated batch sizes (sequences) [default: {_csv(DEFAULT_BATCHES)}].")
@@ -50,7 +52,7 @@ def plan_command(plan_file, models, gpus, dtypes, contexts, batches, kv_dtype, b
     the plan follows) plus cached values; .csv and .json carry the same numbers as raw bytes.
     """
     from quantkit.plan.definition import build_plan, read_plan_file
-    from quantkit.plan.export import format_for, render_text, write_plan
+    from quantkit.plan.export import format_for, render_text, size_warning, write_plan
     from quantkit.plan.rows import build_rows
 
     fmt = format_for(out, fmt)
@@ -65,6 +67,9 @@ def plan_command(plan_file, models, gpus, dtypes, contexts, batches, kv_dtype, b
              "group_size": group_size, "gpu_util": gpu_util, "overhead_bytes": overhead_bytes}
     raw.update({k: v for k, v in given.items() if v is not None})
     plan = build_plan(raw)
+    warning = size_warning(plan.num_rows, fmt)
+    if warning:
+        click.echo(warning, err=True)
     rows = build_rows(plan, progress=_progress(plan.num_rows))
     if path is None:
         click.echo(render_text(plan, rows, fmt), nl=False)
@@ -78,7 +83,8 @@ def _progress(total: int):
     from tqdm import tqdm
 
     def wrap(it):
-        return tqdm(it, total=total, desc="plan rows", unit="row", file=sys.stderr, disable=None,
-                    leave=False)
+        # shown on a terminal, and for long plans (over 2,000 rows) wherever stderr goes
+        return tqdm(it, total=total, desc="plan rows", unit="row", file=sys.stderr,
+                    disable=None if total <= PROGRESS_ROWS else False, leave=False, mininterval=1.0)
 
     return wrap

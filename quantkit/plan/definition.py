@@ -11,6 +11,7 @@ dtype comes from its quantization_config"; a plan always names its dtypes, so th
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any, Mapping
 from quantkit.calculators.estimate import estimate
 from quantkit.calculators.kv_cache import KV_DTYPE_BYTES
 from quantkit.calculators.weights import DTYPE_BITS, parse_dtype
-from quantkit.catalogue import GpuSpec, data_dir, find_model_card, get_gpu, has_model
+from quantkit.catalogue import (
+    GpuSpec, data_dir, find_model_card, get_gpu, gpu_names, has_model, model_names,
+)
 from quantkit.errors import ConfigError, InputError, UnknownNameError, UsageError
 from quantkit.selection import DEFAULT_SKIP
 from quantkit.spec import ModelSpec
@@ -156,6 +159,25 @@ def _opt_positive(key: str, value: Any) -> int | None:
     return value
 
 
+def _expand(names, catalogue: list[str], what: str, errors: list[str]) -> list:
+    """``all`` -> every catalogue name; a glob (``llama3*``, ``*-70b``; case-insensitive) -> the
+    catalogue names it matches, in catalogue order. A local path with glob characters is kept."""
+    out: list = []
+    for name in names:
+        text = str(name).strip()
+        if text.lower() == "all":
+            out += catalogue
+        elif any(c in text for c in "*?[") and not Path(text).expanduser().exists():
+            hits = [n for n in catalogue if fnmatch.fnmatchcase(n.lower(), text.lower())]
+            if not hits:
+                errors.append(f"{what} pattern {text!r} matches no catalogue {what} "
+                              f"(see 'quantkit {what}s')")
+            out += hits
+        else:
+            out.append(name)
+    return out
+
+
 def _resolve_all(names, resolve, errors: list[str]) -> dict:
     """{canonical name: object} for ``names`` in order, duplicates once; every unknown name's
     message goes to ``errors`` so they can be reported all at once."""
@@ -172,7 +194,7 @@ def _resolve_all(names, resolve, errors: list[str]) -> dict:
 def build_plan(raw: Mapping[str, Any]) -> Plan:
     """Validate a mapping of plan fields (file and/or command line) into a ``Plan``.
 
-    Required: models, gpus. Optional: dtypes (default bf16,int8,int4), contexts (4096), batches (1)
+    Required: models, gpus (names, ``all``, or globs over the catalogue). Optional: dtypes (default bf16,int8,int4), contexts (4096), batches (1)
     and the assumptions (see ``Assumptions``). All unknown model, GPU and dtype names are reported
     together in one ``UnknownNameError``.
     """
@@ -181,8 +203,9 @@ def build_plan(raw: Mapping[str, Any]) -> Plan:
         raise InputError(f"a plan needs {' and '.join('--' + k for k in missing)} (or --plan FILE)")
     lists = {k: _as_list(k, raw[k]) for k in LIST_KEYS if raw.get(k) is not None}
     errors: list[str] = []
-    models: dict[str, ModelSpec] = _resolve_all(lists["models"], _resolve_model, errors)
-    gpus: dict[str, GpuSpec] = _resolve_all(lists["gpus"], get_gpu, errors)
+    models: dict[str, ModelSpec] = _resolve_all(_expand(lists["models"], model_names(), "model", errors),
+                                                _resolve_model, errors)
+    gpus: dict[str, GpuSpec] = _resolve_all(_expand(lists["gpus"], gpu_names(), "gpu", errors), get_gpu, errors)
     dtypes: list[str] = []
     for name in lists.get("dtypes", DEFAULT_DTYPES):
         try:

@@ -150,3 +150,24 @@ def test_offline_flag_is_honoured():
 
 def test_path_like_argument_says_no_such_file():
     assert_one_line_error(run_quantkit("estimate", "mymodel/config.json"), r"^Error: no such file or folder: mymodel/config.json$")
+
+
+@pytest.mark.parametrize("torch_dtype, label", [
+    ("float32", "weights (bf16 (default; the checkpoint stores fp32))"),
+    (None, "weights (bf16 (default; config.json names no torch_dtype))"),
+    ("bfloat16", "weights (bf16; dtype from torch_dtype)"),
+    ("float16", "weights (fp16; dtype from torch_dtype)"),
+])
+def test_weights_label_says_when_the_default_differs_from_the_stored_dtype(tmp_path, torch_dtype, label):
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config("llama")
+    cfg.pop("torch_dtype", None), cfg.pop("dtype", None)
+    if torch_dtype:
+        cfg["torch_dtype"] = torch_dtype
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    proc = run_quantkit("estimate", str(tmp_path / "config.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert label in proc.stdout
+    data = json.loads(run_quantkit("estimate", str(tmp_path / "config.json"), "--format", "json").stdout)
+    assert data["dtype"] == label.split("(")[1].split()[0].rstrip(";")

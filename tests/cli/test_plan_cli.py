@@ -121,3 +121,33 @@ def test_plan_does_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("lean") and (tmp_path / "p.xlsx").is_file()
+
+
+def test_all_and_globs_expand_over_the_catalogue():
+    from quantkit.catalogue import gpu_names, model_names
+    from quantkit.plan.definition import build_plan
+
+    plan = build_plan({"models": "all", "gpus": "h1*,H200"})
+    assert [m.name for m in plan.models] == model_names()
+    assert [g.name for g in plan.gpus] == [n for n in gpu_names() if n.startswith("h1")] + ["h200"]
+    plan = build_plan({"models": "llama3.1-*,llama2-7b,llama3.1-8b", "gpus": "all"})
+    assert [m.name for m in plan.models] == ["llama3.1-405b", "llama3.1-70b", "llama3.1-8b", "llama2-7b"]
+    proc = run_quantkit("plan", "--models", "gpt5*,llama2-7b", "--gpus", "zz*")
+    assert_one_line_error(proc, r"model pattern 'gpt5\*' matches no catalogue model .*; gpu pattern "
+                                r"'zz\*' matches no catalogue gpu")
+
+
+def test_large_plans_warn_with_rows_and_size_and_show_progress(tmp_path):
+    from quantkit.plan.export import LARGE_PLAN_ROWS, size_warning
+
+    assert size_warning(LARGE_PLAN_ROWS, "xlsx") is None
+    assert size_warning(450_000, "xlsx") == (
+        "warning: 450,000 rows: about 180 MB as xlsx (MB = 10^6 bytes) and roughly 38 min; "
+        "narrow --models/--gpus/--contexts/--batches for a smaller plan")
+    # 31 x 2 x 3 x 4 x 3 = 2,232 rows (over 2,000): progress on stderr although it is not a terminal
+    proc = run_quantkit("plan", "--models", "all", "--gpus", "h100-sxm,l4", "--contexts", "1024,2048,4096,8192",
+                        "--batches", "1,8,64", "--out", str(tmp_path / "p.csv"), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    n = 31 * 2 * 3 * 4 * 3
+    assert f"wrote {n:,} rows" in proc.stderr and "plan rows" in proc.stderr
+    assert "warning" not in proc.stderr
