@@ -144,42 +144,44 @@ def is_quantkit_checkpoint(folder) -> bool:
 def check_output_dir(out, force: bool = False, model_dir=None) -> Path:
     """Refuse an output folder that would lose data, before any work; return ``out``.
 
-    Refused (``InputError``, ``OutputExistsError``): an ``out`` that is the model folder, contains
-    it or lies inside it (symlinks resolved); a missing parent folder (none is created); an
-    existing ``out`` without ``force``; with ``force``, an existing ``out`` that is not an empty
-    folder or a quantkit checkpoint (a file, or a folder of other things, is never deleted).
+    Refused (``InputError``, ``OutputExistsError``): a path the OS cannot take; an ``out`` that is
+    the model folder, contains it or lies inside it (symlinks resolved); a missing parent folder
+    (none is created); an existing ``out`` without ``force``; with ``force``, an existing ``out``
+    that is not an empty folder or a checkpoint whose every file quantkit wrote (its
+    ``.quantkit-manifest.json``, ``quantkit.boundary.outputs.replaceable``): a file, a folder of
+    other things, or a checkpoint with the user's files next to quantkit's is never deleted.
     """
-    out = Path(out)
+    from quantkit.boundary.outputs import replaceable
+    from quantkit.boundary.paths import check_path, shown
+
+    out = check_path(out, "--out")
     target = out.resolve()  # what a write would land in, symlinks followed
     if model_dir is not None:
         model = Path(model_dir).resolve()
         if target == model:
-            raise InputError(f"--out '{out}' is the MODEL folder; choose a new folder for the output")
+            raise InputError(f"--out '{shown(out)}' is the MODEL folder; choose a new folder for the output")
         if target in model.parents:
-            raise InputError(f"--out '{out}' contains the MODEL folder '{model_dir}'; replacing it "
+            raise InputError(f"--out '{shown(out)}' contains the MODEL folder '{shown(model_dir)}'; replacing it "
                              "would delete the model: choose a new folder outside it")
         if model in target.parents:
-            raise InputError(f"--out '{out}' is inside the MODEL folder '{model_dir}'; "
+            raise InputError(f"--out '{shown(out)}' is inside the MODEL folder '{shown(model_dir)}'; "
                              "choose a new folder outside it")
     entry = _entry(out)
     if not entry.name:
-        raise InputError(f"--out '{out}' is the filesystem root; choose a new folder")
+        raise InputError(f"--out '{shown(out)}' is the filesystem root; choose a new folder")
     parent = entry.parent
     if not parent.is_dir():
         why = "is not a folder" if parent.exists() else "does not exist"
-        raise InputError(f"cannot write '{out}': the folder '{parent}' {why}")
+        raise InputError(f"cannot write '{shown(out)}': the folder '{shown(parent)}' {why}")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write '{out}': the folder '{parent}' is not writable")
+        raise InputError(f"cannot write '{shown(out)}': the folder '{shown(parent)}' is not writable")
     if entry.exists() or entry.is_symlink():
         if not force:
-            raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
-        if not entry.is_dir():
+            raise OutputExistsError(f"'{shown(out)}' exists; pass --force to replace it")
+        why = replaceable(entry)
+        if why is not None:
             raise InputError(f"--force replaces only an empty folder or a quantkit checkpoint, and "
-                             f"'{out}' is not a folder; remove it yourself or choose another --out")
-        if any(entry.iterdir()) and not is_quantkit_checkpoint(entry):
-            raise InputError(f"--force replaces only an empty folder or a quantkit checkpoint, and "
-                             f"'{out}' holds other files (no config.json with a quantization_config."
-                             "quantkit block); remove it yourself or choose another --out")
+                             f"'{shown(out)}' {why}; remove it yourself or choose another --out")
     return out
 
 
@@ -196,11 +198,27 @@ def atomic_output_dir(out, force: bool = False, model_dir=None):
     """Yield a fresh temp folder next to ``out``; on success it becomes ``out``, on any error it is
     removed (``quantkit.fsutil.atomic_dir``). ``out`` is checked first (``check_output_dir``): an
     existing one is replaced only with ``force``, only once the new folder is complete, and only
-    if it is an empty folder or a quantkit checkpoint; ``model_dir`` (the source model) is never
-    inside, around or equal to ``out``."""
+    if it is an empty folder or a checkpoint quantkit wrote; ``model_dir`` (the source model) is
+    never inside, around or equal to ``out``. Leftovers of interrupted runs next to ``out`` are
+    removed first; the new folder gets a manifest of its files (what a later ``--force`` may
+    delete). A full disk or another OS error while writing is an ``InputError``."""
+    from quantkit.boundary.outputs import remove_leftovers, write_manifest
+
     check_output_dir(out, force, model_dir)
-    with atomic_dir(_entry(Path(out)), replace=force) as tmp:
-        yield tmp
+    entry = _entry(Path(out))
+    remove_leftovers(entry)
+    with atomic_dir(entry, replace=force) as tmp:
+        try:
+            yield tmp
+            write_manifest(tmp)
+        except OSError as exc:
+            raise InputError(f"cannot write '{out}': {exc.strerror or exc}") from None
+        except Exception as exc:
+            from safetensors import SafetensorError  # wraps the I/O error of save_file
+
+            if isinstance(exc, SafetensorError):
+                raise InputError(f"cannot write '{out}': {str(exc).splitlines()[0]}") from None
+            raise
 
 
 def write_shards(state: dict, folder: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
