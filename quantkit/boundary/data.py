@@ -103,13 +103,14 @@ class _Refused:
         self.problem, self.problem_mark = problem, mark
 
 
-def load_yaml_file(path, what: str = "YAML file", cap: int = MAX_CONFIG_BYTES):
+def load_yaml_file(path, what: str = "YAML file", cap: int = MAX_CONFIG_BYTES, where: str | None = None):
     """The YAML document in ``path``: safe types only, no aliases, bounded size, depth and nodes.
-    ``ConfigError`` names the file, the line and the problem (never the document's content)."""
+    ``ConfigError`` names the file (or ``where``), the line and the problem (never the document's
+    content)."""
     import yaml
 
     text = read_text_capped(path, what, cap)
-    where = f"{what} {shown(path)}"
+    where = where or f"{what} {shown(path)}"
     loader = _loader_class()(text)
     try:
         return loader.get_single_data()

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from difflib import get_close_matches
 from typing import ClassVar
 
+from quantkit.boundary.numbers import check_int
 from quantkit.errors import ConfigError, UnknownNameError
 from quantkit.selection import DEFAULT_SKIP
 
@@ -147,6 +148,8 @@ class Int8Config(QuantConfig):
         gs = self.group_size
         if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0):
             raise ConfigError(f"group_size must be a positive integer or null, got {gs!r}")
+        if gs is not None:
+            check_int("group_size", gs, error=ConfigError)
         if self.scale_dtype not in SCALE_DTYPES:
             raise ConfigError(
                 f"scale_dtype must be one of {', '.join(SCALE_DTYPES)}, got {self.scale_dtype!r}"
