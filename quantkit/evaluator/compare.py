@@ -74,11 +74,11 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
     specs = parse_compare(opts.compare)
     model_dir = resolve_model_dir(model)
     cfg = read_config(model_dir)
-    source = load_text(opts.ppl) if opts.ppl is not None else None
+    source = load_text(opts.ppl, opts.max_tokens) if opts.ppl is not None else None
 
     import torch
 
-    from quantkit.evaluator.text import tokenize
+    from quantkit.evaluator.text import tokenize_source
 
     backend, why = choose_backend(cfg, opts)
 
@@ -96,9 +96,7 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
                      f"'{cfg.get('model_type')}'" + (f" ({why})" if why else ""))
     tokens = None
     if source is not None:
-        tokens = tokenize(model_dir, source.text, cfg.get("bos_token_id"))
-        if opts.max_tokens is not None:
-            tokens = tokens[:opts.max_tokens]
+        tokens = tokenize_source(model_dir, source, cfg.get("bos_token_id"), opts.max_tokens)
     gpu = _gpu_spec(opts, device, notes) if opts.speed else None
     try:
         build = build_variants
