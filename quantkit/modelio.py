@@ -47,11 +47,13 @@ def resolve_model_dir(model: str) -> Path:
     """Local model folder for ``model``: a folder with config.json, the path of a config.json,
     or a Hub id ("org/name") downloaded to the Hugging Face cache (config, safetensors, tokenizer).
     """
-    path = Path(model).expanduser()
+    from quantkit.boundary.paths import check_path
+
+    path = check_path(model, "MODEL").expanduser()
     if path.is_file() and path.name == "config.json":
         path = path.parent
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not ((path / "config.json").exists() or (path / "config.json").is_symlink()):
             raise ConfigError(
                 f"no config.json in '{path}': MODEL must be a Hugging Face model folder "
                 "(config.json + safetensors) or a Hub id"
@@ -210,6 +212,9 @@ def load_state_dict(model_dir, dtype=None, device="cpu", keep=None) -> dict:
         if kind == "safetensors":
             items = _safetensors_items(path, device)
         else:
+            from quantkit.boundary.paths import regular_file
+
+            regular_file(path, "weights file")
             try:
                 part = torch.load(path, map_location=device, weights_only=True, mmap=True)
             except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError here

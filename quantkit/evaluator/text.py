@@ -165,7 +165,12 @@ def _load_dataset(ds_path: str, config: str | None, split: str, field: str) -> s
 
 def tokenize(model_dir: Path, text: str, bos_id: int | None) -> list[int]:
     """Token ids of ``text`` as one string, with ``bos_id`` first when it is not None."""
+    from quantkit.boundary.paths import inside, regular_file
+
     model_dir = Path(model_dir)
+    for name in ("tokenizer.json", "tokenizer.model"):  # inside the folder, regular (no FIFO)
+        if (model_dir / name).exists() or (model_dir / name).is_symlink():
+            regular_file(inside(model_dir, name, "tokenizer file"), "tokenizer file")
     if (model_dir / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 

@@ -147,10 +147,11 @@ def _check_same_model(model_dir: Path, ckpt_dir) -> None:
     from dataclasses import replace
 
     from quantkit.errors import InputError
+    from quantkit.modelio import read_config
     from quantkit.spec import ModelSpec
 
     def arch(folder) -> ModelSpec:
-        cfg = json.loads((Path(folder) / "config.json").read_text())
+        cfg = read_config(folder)  # through quantkit.boundary: capped, inside the folder
         cfg.pop("quantization_config", None)
         return replace(ModelSpec.from_hf_config(cfg, name="x"), torch_dtype=None)
 

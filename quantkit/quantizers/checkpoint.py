@@ -318,6 +318,10 @@ def read_quant_block(cfg: dict, where) -> tuple[QuantConfig, dict]:
     for key in ("config", "quantized_modules", "skipped_modules"):
         if key not in block:
             raise ConfigError(f"'{where}': quantization_config.quantkit lacks '{key}'")
+        if key != "config" and not (isinstance(block[key], list) and all(isinstance(n, str) and n for n in block[key])):
+            raise ConfigError(f"'{where}': quantization_config.quantkit.{key} must be a list of module names")
+    if not isinstance(block["config"], dict):
+        raise ConfigError(f"'{where}': quantization_config.quantkit.config must be a mapping")
     return QuantConfig.from_dict(block["config"]), block
 
 

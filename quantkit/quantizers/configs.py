@@ -16,6 +16,7 @@ exposing ``quantize_module``/``empty_module``/``checkpoint_config`` (see ``int8.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from difflib import get_close_matches
 from typing import ClassVar
@@ -123,6 +124,13 @@ class QuantConfig:
             skip = (skip,)
         if not isinstance(skip, (list, tuple)) or not all(isinstance(s, str) and s for s in skip):
             raise ConfigError(f"skip must be a list of non-empty module names or patterns, got {skip!r}")
+        for pattern in skip:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except (re.error, RecursionError, OverflowError) as exc:
+                    raise ConfigError(f"skip pattern {pattern!r} is not a valid regular expression: "
+                                      f"{getattr(exc, 'msg', exc)}") from None
         object.__setattr__(self, "skip", tuple(skip))
 
 
