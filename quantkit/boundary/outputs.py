@@ -109,7 +109,7 @@ def replaceable(folder) -> str | None:
                      if rel not in listed or p.is_symlink() or p.lstat().st_size != listed[rel])
     empty_dirs = sorted(Path(r).relative_to(folder).as_posix() for r, d, f in os.walk(folder)
                         if not d and not f and Path(r) != folder)
-    foreign += empty_dirs
+    foreign = sorted(foreign + empty_dirs)
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         names = ", ".join(shown(n) for n in foreign[:3])
