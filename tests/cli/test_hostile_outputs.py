@@ -92,7 +92,7 @@ def test_quantize_removes_leftovers_of_a_killed_run(tiny_model, tmp_path):
     left.mkdir()
     (left / "model.safetensors").write_bytes(b"partial")
     (left / outputs.PARTIAL_MARKER).write_text(f"{proc.pid}\n")
-    os.utime(left, (time.time() - 60, time.time() - 60))
+    os.utime(left, (outputs._RUN_START - 60, outputs._RUN_START - 60))  # older than this run
     result = CliRunner().invoke(cli, ["quantize", str(src), "--out", str(tmp_path / "ckpt")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
