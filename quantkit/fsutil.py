@@ -3,9 +3,12 @@
 - ``atomic_write(path, data)``: write ``data`` (bytes, str, or a ``write(fh)`` callback) to a temp
   file in the same folder, fsync it, give it the mode a plain ``open(path, "w")`` would
   (``0o666 & ~umask``: ``mkstemp`` makes 0600 files), then ``os.replace`` it onto ``path``.
-- ``atomic_dir(out, replace=...)``: yield a temp folder next to ``out``; on success its files get
-  the default modes and are fsynced, and it is renamed to ``out`` (an existing ``out`` is moved
-  aside first and deleted only once the new folder is in place); on any error it is removed.
+- ``atomic_dir(out, replace=...)``: yield a temp folder next to ``out`` (marked as quantkit's with
+  ``boundary.outputs.PARTIAL_MARKER`` so that a later run may remove it if this one is killed); on
+  success its files get the default modes and are fsynced, and it is renamed to ``out``. An
+  existing ``out`` is swapped with it in one atomic ``renameat2(RENAME_EXCHANGE)`` where the OS
+  offers it (so ``out`` never goes missing, even in a crash), else moved aside first; the old one
+  is deleted only once the new folder is in place. On any error the temp folder is removed.
 
 OS errors become ``InputError("cannot write PATH: reason")``; the temp file or folder never stays.
 Both need the parent folder to exist: they create no folders above the target.
@@ -14,6 +17,7 @@ Both need the parent folder to exist: they create no folders above the target.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import shutil
@@ -22,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Callable, Union
 
+from quantkit.boundary.outputs import PARTIAL_MARKER, mark_partial
 from quantkit.errors import InputError, OutputExistsError
 
 Data = Union[bytes, str, Callable[[IO[bytes]], None]]
@@ -101,8 +106,10 @@ def atomic_dir(out, *, replace: bool = False):
     except OSError as exc:
         raise InputError(f"cannot write '{out}': {exc.strerror or exc}") from None
     try:
+        mark_partial(tmp)
         yield tmp
         try:
+            (tmp / PARTIAL_MARKER).unlink()
             _finish_tree(tmp)
             _swap_in(tmp, out, replace)
         except OSError as exc:
@@ -119,17 +126,42 @@ def _swap_in(tmp: Path, out: Path, replace: bool) -> None:
         return
     if not replace:
         raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)  # put the previous output back
-        raise
+    if exchange_paths(tmp, out):  # out now holds the new folder, tmp the old one
+        old = tmp
+    else:
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)  # put the previous output back
+            raise
     if old.is_dir() and not old.is_symlink():
         shutil.rmtree(old)
     else:
         old.unlink()  # a file, or a symlink (its target is left alone)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux ``renameat2(RENAME_EXCHANGE)``). False where
+    the OS or filesystem does not offer it (the caller then renames in two steps); other errors
+    raise ``OSError``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _finish_tree(folder: Path) -> None:

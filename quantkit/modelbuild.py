@@ -64,8 +64,13 @@ def empty_model(cfg: dict, dtype):
 
     check_causal_lm(cfg)
     config = hf_config(cfg)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError, RuntimeError) as exc:
+        # transformers validates some values only while building (hidden_act "evil": KeyError)
+        raise ConfigError(f"config.json: transformers cannot build a {cfg.get('model_type')} model from "
+                          f"it ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     return model
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import struct
 from pathlib import Path
 
@@ -48,11 +47,13 @@ def resolve_model_dir(model: str) -> Path:
     """Local model folder for ``model``: a folder with config.json, the path of a config.json,
     or a Hub id ("org/name") downloaded to the Hugging Face cache (config, safetensors, tokenizer).
     """
-    path = Path(model).expanduser()
+    from quantkit.boundary.paths import check_path
+
+    path = check_path(model, "MODEL").expanduser()
     if path.is_file() and path.name == "config.json":
         path = path.parent
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not ((path / "config.json").exists() or (path / "config.json").is_symlink()):
             raise ConfigError(
                 f"no config.json in '{path}': MODEL must be a Hugging Face model folder "
                 "(config.json + safetensors) or a Hub id"
@@ -92,20 +93,19 @@ def _download(repo_id: str) -> Path:
 
 
 def read_config(model_dir) -> dict:
-    """config.json of ``model_dir`` as a dict; ``ConfigError`` if missing, not JSON or not a model config."""
+    """config.json of ``model_dir`` as a dict; ``ConfigError`` if missing, not JSON or not a model config.
+    Read through ``quantkit.boundary``: a regular file inside the folder, at most 64 MiB."""
+    from quantkit.boundary.data import load_json_file
+    from quantkit.boundary.paths import inside, shown
+
     path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"no config.json in '{model_dir}'")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text") from None
+    if not (path.exists() or path.is_symlink()):
+        raise ConfigError(f"no config.json in '{shown(model_dir)}'")
+    data = load_json_file(inside(model_dir, "config.json", "config.json"), "config.json")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{shown(path)} must hold a JSON object, got {type(data).__name__}")
     if not isinstance(data.get("model_type"), str):
-        raise ConfigError(f"{path} has no 'model_type' (a transformers config.json names its model type)")
+        raise ConfigError(f"{shown(path)} has no 'model_type' (a transformers config.json names its model type)")
     return data
 
 
@@ -115,20 +115,23 @@ def read_config(model_dir) -> dict:
 
 def weight_files(model_dir) -> tuple[str, list[Path], dict | None]:
     """(kind, files, weight_map): kind is "safetensors" or "bin"; weight_map from an index, if any."""
+    from quantkit.boundary.paths import inside, shown
+
     model_dir = Path(model_dir)
     for kind, single, index in (
         ("safetensors", "model.safetensors", "model.safetensors.index.json"),
         ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"),
     ):
         if (model_dir / index).is_file():
-            weight_map = _read_index(model_dir / index)
-            files = sorted({model_dir / f for f in weight_map.values()})
+            weight_map = _read_index(inside(model_dir, index, index))
+            # Each listed file must be a plain name inside the folder: "../x" or "/etc/x" are refused.
+            files = sorted({inside(model_dir, f, f"{index} entry") for f in weight_map.values()})
             for f in files:
                 if not f.is_file():
-                    raise InputError(f"{index} lists '{f.name}', which is missing from '{model_dir}'")
+                    raise InputError(f"{index} lists '{shown(f.name)}', which is missing from '{shown(model_dir)}'")
             return kind, files, weight_map
         if (model_dir / single).is_file():
-            return kind, [model_dir / single], None
+            return kind, [inside(model_dir, single, single)], None
     others = sorted(p.name for p in model_dir.glob("*.safetensors"))
     if others:
         raise InputError(f"'{model_dir}' has {', '.join(others)} but no model.safetensors or "
@@ -138,9 +141,12 @@ def weight_files(model_dir) -> tuple[str, list[Path], dict | None]:
 
 
 def _read_index(path: Path) -> dict:
+    from quantkit.boundary.data import load_json_file
+
+    data = load_json_file(path, path.name)
     try:
-        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        weight_map = data["weight_map"]
+    except (KeyError, TypeError):
         raise InputError(f"{path.name} is not a valid index (JSON with a 'weight_map')") from None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise InputError(f"{path.name}: 'weight_map' must map tensor names to file names")
@@ -151,50 +157,33 @@ def check_safetensors_file(path: Path) -> dict:
     """Validate a safetensors header against the file size; return the header's tensor entries.
 
     Catches truncated and garbled files before safetensors would fail with a less helpful
-    message, and names the first tensor whose bytes lie beyond the end of the file.
+    message, and names the first tensor whose bytes lie beyond the end of the file; entries are
+    checked by ``quantkit.boundary.weights.check_entries`` (shapes, dtypes, overlaps, holes).
     """
-    size = path.stat().st_size
+    from quantkit.boundary.paths import regular_file
+    from quantkit.boundary.weights import check_entries
+
+    size = regular_file(path, "weights file").st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
             raise InputError(f"{path.name} is truncated or not a safetensors file ({size} bytes)")
         (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER:
-            raise InputError(f"{path.name} is not a safetensors file (header length {n} bytes)")
+        if n > _MAX_HEADER:  # the number is the file's first 8 bytes: never shown (it may be a secret)
+            raise InputError(f"{path.name} is not a safetensors file (header length over the "
+                             f"{_MAX_HEADER:,}-byte limit)")
         if 8 + n > size:
-            raise InputError(f"{path.name} is truncated: its header needs {8 + n} bytes, the file has {size}")
+            raise InputError(f"{path.name} is truncated or not a safetensors file: its header would "
+                             f"need more bytes than the file's {size}")
         try:
             header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # JSON or UTF-8 errors, or absurd nesting
             raise InputError(f"{path.name} is corrupted: its header is not valid JSON") from None
     if not isinstance(header, dict):
         raise InputError(f"{path.name} is corrupted: its header is not a JSON object")
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    for name, info in sorted(tensors.items(), key=lambda kv: _end_offset(path, *kv)):
-        begin, end = info["data_offsets"]
-        if 8 + n + end > size:
-            raise InputError(f"{path.name} is truncated: tensor '{name}' needs bytes up to "
-                             f"{8 + n + end}, the file has {size}")
-        numel = 1
-        for d in info["shape"]:
-            numel *= d
-        if info["dtype"] in _ST_DTYPES and end - begin != numel * _ST_DTYPES[info["dtype"]][0]:
-            raise InputError(f"{path.name} is corrupted: tensor '{name}' has {end - begin} bytes "
-                             f"for shape {info['shape']} {info['dtype']}")
+    check_entries(path.name, tensors, 8 + n, size, {k: v[0] for k, v in _ST_DTYPES.items()})
     return tensors
-
-
-def _end_offset(path: Path, name: str, info) -> int:
-    try:
-        begin, end = info["data_offsets"]
-        shape, dtype = info["shape"], info["dtype"]
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
-            raise ValueError
-        if not isinstance(shape, list) or not isinstance(dtype, str):
-            raise ValueError
-        return end
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{path.name} is corrupted: bad header entry for tensor '{name}'") from None
 
 
 def check_weights(model_dir) -> None:
@@ -223,11 +212,17 @@ def load_state_dict(model_dir, dtype=None, device="cpu", keep=None) -> dict:
         if kind == "safetensors":
             items = _safetensors_items(path, device)
         else:
+            from quantkit.boundary.paths import regular_file
+
+            regular_file(path, "weights file")
             try:
                 part = torch.load(path, map_location=device, weights_only=True, mmap=True)
             except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError here
-                raise InputError(f"{path.name} could not be read as a weights-only torch "
-                                 f"checkpoint: {str(exc).splitlines()[0]}") from None
+                # torch's own message advises weights_only=False, i.e. running the pickle: never
+                # repeated. Only the kind of failure is shown.
+                raise InputError(f"{path.name} could not be read as a weights-only torch checkpoint "
+                                 f"({_bin_failure(exc)}); quantkit never unpickles arbitrary objects: "
+                                 "convert it to safetensors with a tool you trust") from None
             if not isinstance(part, dict):
                 raise InputError(f"{path.name} does not hold a state dict")
             items = ((name, part.pop(name)) for name in list(part))  # pop: released once cast
@@ -244,6 +239,17 @@ def load_state_dict(model_dir, dtype=None, device="cpu", keep=None) -> dict:
             if missing:
                 raise InputError(f"{path.name} lacks tensor '{missing[0]}' that the index places in it")
     return state
+
+
+def _bin_failure(exc: Exception) -> str:
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return "it holds objects other than tensors"
+    if isinstance(exc, EOFError) or "failed finding central directory" in text:
+        return "truncated or not a torch file"
+    return type(exc).__name__
 
 
 def _safetensors_items(path: Path, device):
@@ -301,11 +307,22 @@ def _read_safe_open(path: Path, device):
         raise InputError(f"{path.name} is not a readable safetensors file: {exc}") from None
 
 
+MAX_TOKENIZER_BYTES = 512 * 2**20  # tokenizer.json of large-vocabulary models: ~35 MB
+
+
 def copy_tokenizer_files(src, dst) -> list[str]:
-    """Copy the tokenizer (and generation config) files that exist in ``src`` to ``dst``; return their names."""
+    """Copy the tokenizer (and generation config) files that exist in ``src`` to ``dst``; return
+    their names. Each must be a regular file inside ``src`` (``quantkit.boundary.paths.inside``: a
+    symlink to a key file or /etc/passwd is refused, never copied) of at most 512 MiB."""
+    from quantkit.boundary.data import read_bytes_capped
+    from quantkit.boundary.paths import inside
+
     copied = []
     for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copyfile(Path(src) / name, Path(dst) / name)
-            copied.append(name)
+        path = Path(src) / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        data = read_bytes_capped(inside(src, name, "tokenizer file"), "tokenizer file", MAX_TOKENIZER_BYTES)
+        (Path(dst) / name).write_bytes(data)
+        copied.append(name)
     return copied

@@ -20,14 +20,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def read_config_file(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    """A config.json file as a dict, read through ``quantkit.boundary`` (a regular file of at
+    most 64 MiB, UTF-8, finite numbers, bounded nesting)."""
+    from quantkit.boundary.data import load_json_file
+    from quantkit.boundary.paths import shown
+
+    data = load_json_file(path, "config.json")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: config.json must hold a JSON object")
+        raise ConfigError(f"{shown(path)}: config.json must hold a JSON object")
     return data
 
 
@@ -91,16 +91,19 @@ def _looks_like_path(model: str) -> bool:
 
 def load_spec(model: str) -> ModelSpec:
     """ModelSpec for a catalogue name/alias, a config.json path or folder, or a Hub id."""
-    path = Path(model).expanduser()
+    from quantkit.boundary.paths import check_path, inside, shown
+
+    path = check_path(model, "MODEL").expanduser()
     if path.is_dir():
         cfg_path = path / "config.json"
-        if not cfg_path.is_file():
-            raise InputError(f"{path} has no config.json")
-        return ModelSpec.from_hf_config(read_config_file(cfg_path), name=path.name)
-    if path.is_file():
+        if not (cfg_path.exists() or cfg_path.is_symlink()):
+            raise InputError(f"{shown(path)} has no config.json")
+        return ModelSpec.from_hf_config(read_config_file(inside(path, "config.json", "config.json")),
+                                        name=path.name)
+    if path.exists():  # a file, or a FIFO or device that read_config_file names as such
         return ModelSpec.from_hf_config(read_config_file(path), name=path.parent.name or path.name)
     if _looks_like_path(model) and not has_model(model):
-        raise InputError(f"no such file or folder: {model}")
+        raise InputError(f"no such file or folder: {shown(model)}")
     if has_model(model) or not _HUB_ID.match(model):
         card = find_model_card(model)  # raises UnknownNameError with suggestions
         return ModelSpec.from_hf_config(card.data, name=card.name)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Mapping
 
+from quantkit.boundary.numbers import check_int
 from quantkit.errors import ConfigError
 
 # model_type -> (mlp kind, norm kind, attention o_proj has bias when attention_bias)
@@ -51,6 +52,8 @@ def _req(cfg: Mapping[str, Any], key: str, kind=int) -> Any:
     value = cfg[key]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise ConfigError(f"config.json field {key!r} must be a positive integer, got {value!r}")
+    if kind is int:
+        check_int(f"config.json field {key!r}", value, error=ConfigError)
     return value
 
 
@@ -60,7 +63,7 @@ def _opt_int(cfg: Mapping[str, Any], key: str, default: int | None = None) -> in
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"config.json field {key!r} must be a non-negative integer, got {value!r}")
-    return value
+    return check_int(f"config.json field {key!r}", value, least=0, error=ConfigError)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from quantkit.calculators.weights import (
 )
 from quantkit.calculators.activations import DEFAULT_OVERHEAD_BYTES, DEFAULT_PREFILL_CHUNK
 from quantkit.catalogue import GpuSpec, get_gpu
+from quantkit.boundary.numbers import check_int
 from quantkit.errors import ConfigError, InputError
 from quantkit.selection import DEFAULT_SKIP
 from quantkit.spec import ModelSpec
@@ -74,7 +75,7 @@ class Estimate:
 def _positive(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return check_int(name, value)  # and not absurdly large (quantkit.boundary.numbers.MAX_INT)
 
 
 def _resolve_dtype(spec: ModelSpec, dtype: str | None) -> tuple[str, str]:

@@ -7,6 +7,7 @@ called ``command``. Heavy imports (torch, transformers) happen inside the comman
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import sys
@@ -44,15 +45,27 @@ class LazyGroup(click.Group):
 
 
 class CommandError(click.ClickException):
-    """A one-line ``Error: ...`` on stderr with the library error's exit code (2 = usage)."""
+    """A one-line ``Error: ...`` on stderr with the library error's exit code (2 = usage); control
+    characters and newlines in the message are escaped (``quantkit.boundary.text.one_line``)."""
 
     def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
+        from quantkit.boundary.text import one_line
+
+        super().__init__(one_line(message))
         self.exit_code = exit_code
 
 
+# OS errors that mean the user named a path the OS cannot use: exit 2 like other usage errors.
+_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES,
+                          errno.EPERM, errno.ELOOP, errno.EROFS})
+
+
 def handle_errors(fn):
-    """Turn typed library errors into one-line click errors (exit code 2 for usage errors)."""
+    """Turn typed library errors into one-line click errors (exit code 2 for usage errors).
+
+    An ``OSError`` that escaped the library's own checks (``quantkit.boundary``) is reported the
+    same way, with its reason and file name, never as a traceback: exit 2 for a path the user
+    gave that the OS refuses (too long, missing, not permitted), 1 otherwise (a full disk)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -60,6 +73,10 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except QuantkitError as exc:
             raise CommandError(str(exc), exit_code=exc.exit_code) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise CommandError(f"{exc.strerror or exc}{where}",
+                               exit_code=2 if exc.errno in _PATH_ERRNOS else 1) from None
 
     return wrapper
 
@@ -79,7 +96,9 @@ def main(argv=None):
         click.echo("Aborted!", err=True)
         sys.exit(1)
     except click.ClickException as exc:
-        click.echo(f"Error: {exc.format_message()}", err=True)
+        from quantkit.boundary.text import one_line
+
+        click.echo(f"Error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

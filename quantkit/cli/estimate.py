@@ -6,6 +6,7 @@ import inspect
 
 import click
 
+from quantkit.boundary.text import terminal_safe
 from quantkit.calculators.estimate import estimate
 from quantkit.cli import handle_errors
 from quantkit.calculators.kv_cache import KV_DTYPE_BYTES
@@ -68,7 +69,7 @@ def render_estimate(est) -> str:
     moe = f", MoE {s.experts_per_token} of {s.num_experts} experts" if s.is_moe else ""
     win = f", sliding window {s.sliding_window} on {s.num_sliding_layers}/{s.num_layers} layers" if s.num_sliding_layers else ""
     head = f"{est.model}: {s.model_type}, {s.num_layers} layers, hidden {s.hidden_size}, {attn}{moe}{win}"
-    sections = [head]
+    sections = [terminal_safe(head)]
     sections.append(render_kv([
         ("total", p.total, "int"), ("active per token", p.active, "int"),
         ("embedding", p.embedding, "int"),

@@ -68,24 +68,27 @@ def _batches(ctx, param, value):
               help="Also write the JSON report to this file.")
 @click.option("--plot", default=None, type=click.Path(path_type=Path),
               help="Write a PNG comparing perplexity, speed and memory.")
+@click.option("--force", is_flag=True, help="Overwrite existing --output / --plot files.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars on stderr.")
 @handle_errors
 def eval_command(model, compare, ppl, ctx, stride, max_tokens, speed, batches, prompt_len,
-                 new_tokens, device, graphs, gpu, device_map, backend, fmt, output, plot, quiet):
+                 new_tokens, device, graphs, gpu, device_map, backend, fmt, output, plot, force, quiet):
     """Perplexity, KL divergence and top-1 agreement, speed and memory of MODEL's variants.
 
     MODEL is a local Hugging Face folder (config.json + safetensors + tokenizer) or a Hub id
     (needs network). Bytes are raw integers in JSON; the table shows GB (10^9) and GiB (2^30).
     """
+    from quantkit.boundary.outputs import check_output_file
     from quantkit.evaluator.plot import check_plot_path
 
-    if output is not None and not output.parent.is_dir():
-        raise InputError(f"--output: folder '{output.parent}' does not exist")
-    for flag, path in (("--output", output), ("--plot", plot)):
-        if path is not None and Path(path).is_dir():
-            raise InputError(f"{flag}: '{path}' is a folder; give a file name")
+    # Outputs are checked before any work: writable folder, not a folder, no overwrite without --force.
+    if output is not None:
+        check_output_file(output, force, "--output")
     if plot is not None:
+        check_output_file(plot, force, "--plot")
         check_plot_path(plot)
+    if output is not None and plot is not None and output.resolve() == plot.resolve():
+        raise InputError("--output and --plot name the same file")
     opts = EvalOptions(compare=compare, ppl=ppl, ctx=ctx, stride=stride, max_tokens=max_tokens,
                        speed=speed, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens,
                        device=device, graphs=graphs, gpu=gpu, device_map=device_map,
@@ -95,15 +98,22 @@ def eval_command(model, compare, ppl, ctx, stride, max_tokens, speed, batches, p
     from quantkit.evaluator.compare import run_eval
 
     report = run_eval(model, opts)
+    from quantkit.boundary.text import finite_json, terminal_safe
+
+    # NaN/inf (e.g. from NaN scales in a checkpoint) are not JSON: written as null, and said so.
+    report, non_finite = finite_json(report)
+    if non_finite:
+        report["notes"].append(f"not finite, written as null: {', '.join(non_finite[:4])} "
+                               "(the model produced non-finite logits: check its weights and scales)")
     for note in report["notes"]:
-        click.echo(f"note: {note}", err=True)
-    text = json.dumps(report, indent=2) + "\n"
+        click.echo(terminal_safe(f"note: {note}"), err=True)
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     if output is not None:
-        _write_atomic(output, text)
+        _write_atomic(output, text, force)
     if plot is not None:
         from quantkit.evaluator.plot import plot_results
 
-        plot_results(report, plot)
+        plot_results(report, plot, overwrite=force)
     if fmt == "json":
         click.echo(text, nl=False)
     else:
@@ -112,7 +122,7 @@ def eval_command(model, compare, ppl, ctx, stride, max_tokens, speed, batches, p
         click.echo(render_report(report))
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str, force: bool) -> None:
     from quantkit.fsutil import atomic_write
 
-    atomic_write(path, text.encode())
+    atomic_write(path, text.encode(), overwrite=force)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from quantkit.boundary.paths import shown
 from quantkit.cli import handle_errors
 from quantkit.plan.definition import DEFAULT_BATCHES, DEFAULT_CONTEXTS, DEFAULT_DTYPES, Assumptions
 from quantkit.plan.export import FORMATS
@@ -76,7 +77,7 @@ def plan_command(plan_file, models, gpus, dtypes, contexts, batches, kv_dtype, b
         return
     command = "quantkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_plan(plan, rows, path, fmt, force, command)
-    click.echo(f"wrote {plan.num_rows:,} rows to {path}", err=True)
+    click.echo(f"wrote {plan.num_rows:,} rows to {shown(path)}", err=True)
 
 
 def _progress(total: int):

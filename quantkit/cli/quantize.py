@@ -25,7 +25,10 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", text, flags=re.IGNORECASE)
     if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"--max-shard-size must be a positive size like 5GB, 500MB or 2GiB, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+    size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+    if size < 1:  # "0.5" bytes: refused now, not after quantizing
+        raise ConfigError(f"--max-shard-size must be at least 1 byte, got {text!r}")
+    return size
 
 
 @click.command("quantize")

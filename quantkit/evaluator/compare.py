@@ -89,11 +89,11 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
         if opts.stride is not None and opts.stride > opts.ctx:
             raise InputError(f"--stride ({opts.stride}) must not exceed the window, {opts.ctx} "
                              "tokens (the default --ctx for this model)")
-    source = load_text(opts.ppl) if opts.ppl is not None else None
+    source = load_text(opts.ppl, opts.max_tokens) if opts.ppl is not None else None
 
     import torch
 
-    from quantkit.evaluator.text import tokenize
+    from quantkit.evaluator.text import tokenize_source
 
     backend, why = choose_backend(cfg, opts)
 
@@ -109,9 +109,7 @@ def run_eval(model: str, opts: EvalOptions) -> dict[str, Any]:
                      f"'{cfg.get('model_type')}'" + (f" ({why})" if why else ""))
     tokens = None
     if source is not None:
-        tokens = tokenize(model_dir, source.text, cfg.get("bos_token_id"))
-        if opts.max_tokens is not None:
-            tokens = tokens[:opts.max_tokens]
+        tokens = tokenize_source(model_dir, source, cfg.get("bos_token_id"), opts.max_tokens)
     gpu = _gpu_spec(opts, device, notes) if opts.speed else None
     try:
         build = build_variants

@@ -11,13 +11,13 @@ dtype and a quantized one in bf16. Perplexity only: ``--speed`` needs the runner
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from quantkit.errors import ConfigError, InputError
+from quantkit.modelio import read_config
 
 # config.json fields that must agree between MODEL and a saved checkpoint compared with it
 _ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -130,7 +130,7 @@ def _kept_experts(model: nn.Module, skipped: list[str]) -> int:
 def _stored_dtype(folder: Path) -> torch.dtype:
     from quantkit.evaluator.loader import DTYPES
 
-    cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    cfg = read_config(folder)
     name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16")
     return {"float32": DTYPES["fp32"], "float16": DTYPES["fp16"]}.get(name, DTYPES["bf16"])
 
@@ -142,7 +142,7 @@ def _checkpoint(path: Path):
     from quantkit.quantizers.checkpoint import is_quantkit_checkpoint
 
     if is_quantkit_checkpoint(path):
-        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        cfg = read_config(path)
         block = cfg["quantization_config"]["quantkit"]
         model = quantkit.load_quantized(path)
         return (model, "int8", block.get("group_size"), torch.bfloat16,
@@ -159,7 +159,7 @@ def check_same_architecture(model_dir: Path, ckpt_dir: Path) -> None:
     from quantkit.modelbuild import hf_config
 
     def arch(folder):
-        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        cfg = read_config(folder)
         obj = hf_config(cfg)
         obj = obj.get_text_config() if hasattr(obj, "get_text_config") else obj
         return {k: getattr(obj, k, None) for k in _ARCH_KEYS}

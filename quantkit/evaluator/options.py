@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quantkit.boundary.numbers import check_int
 from quantkit.errors import InputError
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -37,6 +38,7 @@ class EvalOptions:
         def positive(name, v, least=1):
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise InputError(f"{name} must be an integer >= {least}, got {v!r}")
+            check_int(name, v, least)  # and not absurdly large
 
         if self.ppl is None and not self.speed:
             raise InputError("nothing to measure: pass --ppl FILE and/or --speed")

@@ -15,8 +15,9 @@ from quantkit.errors import InputError
 GB = 10**9
 
 
-def plot_results(report: dict[str, Any], path: str | Path) -> Path:
-    """Write the comparison PNG for a ``run_eval`` report to ``path``; returns the path."""
+def plot_results(report: dict[str, Any], path: str | Path, overwrite: bool = True) -> Path:
+    """Write the comparison PNG for a ``run_eval`` report to ``path``; returns the path.
+    overwrite: False refuses an existing ``path`` (``OutputExistsError``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -32,7 +33,7 @@ def plot_results(report: dict[str, Any], path: str | Path) -> Path:
     fig.suptitle(f"quantkit eval: {report['model']} on {report['device_name']} ({report['device']})")
     from quantkit.fsutil import atomic_write
 
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110), overwrite=overwrite)
     return path
 
 

@@ -28,28 +28,47 @@ _DATA_EXTRA = "pip install 'quantkit[data]'"
 _DATASET_PREFIX = "dataset:"
 
 
+# A text file read whole: 1 GiB (WikiText-103's test split is 1.3 MB, its train split 540 MB).
+# Beyond it, --max-tokens reads only a prefix.
+MAX_TEXT_BYTES = 2**30
+# Bytes read per wanted token at first when --max-tokens is given (tokens average ~4 bytes of
+# English); the prefix doubles until it yields enough tokens or the file ends.
+BYTES_PER_TOKEN_GUESS = 16
+_TOKEN_MARGIN = 64  # tokens past max_tokens, so the cut at the prefix's end cannot change them
+
+
 @dataclass(frozen=True)
 class TextSource:
     text: str
     name: str  # the file path or the dataset spec, for the output
+    path: Path | None = None  # the local file, when the text is a prefix of it
+    truncated: bool = False  # text is a prefix (cut at a line end) of a longer file
 
 
-def load_text(source: str) -> TextSource:
+def load_text(source: str, max_tokens: int | None = None) -> TextSource:
     """Read ``source``: a ``.txt`` file, a ``.jsonl`` file (one JSON object with a "text" field, or
     one JSON string, per line; documents joined by a blank line), a name from ``DATASETS``, or
     ``dataset:PATH[:CONFIG[:SPLIT]]`` (field "text"; needs the ``datasets`` package and network).
+
+    A local file must be a regular file (not a FIFO or device); with ``max_tokens`` only a prefix
+    is read (``tokenize_source`` reads more if it is too short), without it at most 1 GiB.
     """
-    path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix == ".jsonl":
-            return TextSource(_read_jsonl(path), str(path))
-        if path.suffix == ".parquet":
-            return TextSource(_read_parquet(path), str(path))
-        if path.suffix in (".txt", ".text", ".raw", ""):
-            return TextSource(_read(path), str(path))
-        raise InputError(f"{path}: the perplexity text must be a .txt, .jsonl or .parquet file")
+    from quantkit.boundary.paths import check_path, regular_file
+
+    path = check_path(source, "--ppl").expanduser()
     if path.is_dir():
         return TextSource(_read_saved_dataset(path), str(path))
+    if path.exists():
+        size = regular_file(path, "--ppl").st_size
+        if path.suffix == ".parquet":
+            return TextSource(_read_parquet(path), str(path))
+        if path.suffix not in (".jsonl", ".txt", ".text", ".raw", ""):
+            raise InputError(f"{path}: the perplexity text must be a .txt, .jsonl or .parquet file")
+        limit = MAX_TEXT_BYTES if max_tokens is None else max_tokens * BYTES_PER_TOKEN_GUESS + 4096
+        if max_tokens is None and size > MAX_TEXT_BYTES:
+            raise InputError(f"{path} is {size:,} bytes, over the {MAX_TEXT_BYTES:,}-byte limit for a "
+                             "text read whole; pass --max-tokens N to score its first N tokens")
+        return _read_file(path, limit)
     if source in DATASETS:
         return TextSource(_load_dataset(*DATASETS[source], data_files=_DATA_FILES.get(source)), source)
     if source.startswith(_DATASET_PREFIX):
@@ -64,21 +83,46 @@ def load_text(source: str) -> TextSource:
     )
 
 
-def _read(path: Path) -> str:
+def _read_file(path: Path, limit: int) -> TextSource:
+    """The first ``limit`` bytes of ``path`` (cut at the last line end when the file is longer)."""
     try:
-        text = path.read_text(encoding="utf-8")
-        if not text.strip():
-            raise InputError(f"{path}: no text (the file is empty or blank)")
-        return text
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    truncated = len(data) > limit
+    if truncated:
+        cut = data.rfind(b"\n", 0, limit)
+        data = data[:cut + 1] if cut > 0 else data[:limit]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if not (truncated and exc.reason == "unexpected end of data"):  # else: a character cut in two
+            raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        text = data[:exc.start].decode("utf-8")
+    if not text.strip():
+        raise InputError(f"{path}: no text (the file is empty or blank)")
+    if path.suffix == ".jsonl":
+        text = _jsonl_text(path, text)
+    return TextSource(text, str(path), path, truncated)
 
 
-def _read_jsonl(path: Path) -> str:
+def tokenize_source(model_dir: Path, source: TextSource, bos_id: int | None,
+                    max_tokens: int | None) -> list[int]:
+    """Token ids of ``source`` (``tokenize``), the first ``max_tokens`` of them if given. A
+    prefix that yields too few tokens is read again twice as long, until the file ends."""
+    while True:
+        ids = tokenize(model_dir, source.text, bos_id)
+        if max_tokens is None:
+            return ids
+        if len(ids) >= max_tokens + _TOKEN_MARGIN or not source.truncated:
+            return ids[:max_tokens]
+        source = _read_file(source.path, 2 * len(source.text.encode("utf-8")) + 4096)
+
+
+def _jsonl_text(path: Path, text: str) -> str:
     docs = []
-    for lineno, line in enumerate(_read(path).splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -176,7 +220,12 @@ def _load_dataset(ds_path: str, config: str | None, split: str, field: str, data
 
 def tokenize(model_dir: Path, text: str, bos_id: int | None) -> list[int]:
     """Token ids of ``text`` as one string, with ``bos_id`` first when it is not None."""
+    from quantkit.boundary.paths import inside, regular_file
+
     model_dir = Path(model_dir)
+    for name in ("tokenizer.json", "tokenizer.model"):  # inside the folder, regular (no FIFO)
+        if (model_dir / name).exists() or (model_dir / name).is_symlink():
+            regular_file(inside(model_dir, name, "tokenizer file"), "tokenizer file")
     if (model_dir / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from quantkit.boundary.numbers import check_int
 from quantkit.errors import InputError, UnknownNameError
 
 if TYPE_CHECKING:  # torch is imported where variants are built, not where they are parsed
@@ -74,6 +75,7 @@ def parse_compare(compare: str | list[str] | tuple[str, ...]) -> list[VariantSpe
         elif m:
             if int(m.group(1)) <= 0:
                 raise InputError(f"--compare {item!r}: the group size must be positive")
+            check_int(f"--compare {item!r}: the group size", int(m.group(1)))
             specs.append(VariantSpec(item, "quantize", method="int8", group_size=int(m.group(1))))
         elif Path(item).expanduser().is_dir():
             specs.append(VariantSpec(item, "checkpoint", path=Path(item).expanduser()))
@@ -145,10 +147,11 @@ def _check_same_model(model_dir: Path, ckpt_dir) -> None:
     from dataclasses import replace
 
     from quantkit.errors import InputError
+    from quantkit.modelio import read_config
     from quantkit.spec import ModelSpec
 
     def arch(folder) -> ModelSpec:
-        cfg = json.loads((Path(folder) / "config.json").read_text())
+        cfg = read_config(folder)  # through quantkit.boundary: capped, inside the folder
         cfg.pop("quantization_config", None)
         return replace(ModelSpec.from_hf_config(cfg, name="x"), torch_dtype=None)
 

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from quantkit.boundary.text import csv_cell, terminal_safe
+
 GB = 10**9
 GiB = 2**30
 FORMATS = ("table", "json", "csv")
@@ -65,7 +67,7 @@ class Column:
 def render_table(rows: Sequence[dict], columns: Sequence[Column], tablefmt: str = "simple") -> str:
     from tabulate import tabulate
 
-    body = [[fmt_value(r.get(c.key), c.unit) for c in columns] for r in rows]
+    body = [[terminal_safe(fmt_value(r.get(c.key), c.unit)) for c in columns] for r in rows]
     return tabulate(body, headers=[c.table_header for c in columns], tablefmt=tablefmt,
                     disable_numparse=True)
 
@@ -74,17 +76,19 @@ def render_kv(pairs: Iterable[tuple[str, Any, str]], title: str | None = None) -
     """A two-column table of (label, value, unit)."""
     from tabulate import tabulate
 
-    body = [[label, fmt_value(value, unit)] for label, value, unit in pairs]
+    body = [[terminal_safe(label), terminal_safe(fmt_value(value, unit))] for label, value, unit in pairs]
     out = tabulate(body, tablefmt="simple", disable_numparse=True)
-    return f"{title}\n{out}" if title else out
+    return f"{terminal_safe(title)}\n{out}" if title else out
 
 
 def render_csv(rows: Sequence[dict], columns: Sequence[Column]) -> str:
+    """CSV with raw values; text cells are neutralised for spreadsheets (``boundary.text.csv_cell``:
+    a leading = + - @ tab or CR gets a ``'``, control characters are escaped)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([c.csv_header for c in columns])
+    writer.writerow([csv_cell(c.csv_header) for c in columns])
     for r in rows:
-        writer.writerow(["" if r.get(c.key) is None else r.get(c.key) for c in columns])
+        writer.writerow(["" if r.get(c.key) is None else csv_cell(r.get(c.key)) for c in columns])
     return buf.getvalue()
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from quantkit.boundary.numbers import check_int
 from quantkit.calculators.estimate import estimate
 from quantkit.calculators.kv_cache import KV_DTYPE_BYTES
 from quantkit.calculators.weights import DTYPE_BITS, parse_dtype
@@ -35,6 +36,9 @@ DEFAULT_CONTEXTS: tuple[int, ...] = (4096,)
 DEFAULT_BATCHES: tuple[int, ...] = (1,)
 
 LIST_KEYS = ("models", "gpus", "dtypes", "contexts", "batches")
+# Rows a plan may have at all: a guard against absurd grids (at ~5 ms a row, 10 million rows are
+# 14 hours and 4 GB of xlsx). Plans over 100,000 rows run after a warning (export.size_warning).
+MAX_ROWS = 10_000_000
 SCALAR_KEYS = ("kv_dtype", "block_size", "prefill_chunk", "group_size", "overhead_bytes", "gpu_util", "skip")
 FILE_KEYS = ("name", "description", *LIST_KEYS, *SCALAR_KEYS)
 
@@ -85,29 +89,23 @@ def plan_names() -> list[str]:
 
 def read_plan_file(name_or_path: str) -> dict[str, Any]:
     """The raw mapping of a plan file: a path, or a name in ``calculators/plans/``."""
-    import yaml
+    from quantkit.boundary.data import load_yaml_file
+    from quantkit.boundary.paths import check_path, shown
 
-    path = Path(name_or_path).expanduser()
-    if not path.is_file():
+    path = check_path(name_or_path, "--plan").expanduser()
+    if not path.exists():
         candidate = plans_dir() / f"{name_or_path}.yaml"
         if not candidate.is_file():
             known = ", ".join(plan_names()) or "none"
-            raise UnknownNameError(f"unknown plan {name_or_path!r}: not a file, and not one of the "
+            raise UnknownNameError(f"unknown plan {shown(name_or_path)!r}: not a file, and not one of the "
                                    f"built-in plans ({known})")
         path = candidate
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    data = load_yaml_file(path, "plan file")  # capped, no aliases, bounded nesting
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a plan file must hold a mapping of {', '.join(FILE_KEYS)}")
-    unknown = sorted(set(data) - set(FILE_KEYS))
+        raise ConfigError(f"{shown(path)}: a plan file must hold a mapping of {', '.join(FILE_KEYS)}")
+    unknown = sorted(set(map(str, data)) - set(FILE_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown plan field(s) {', '.join(map(repr, unknown))}; "
+        raise ConfigError(f"{shown(path)}: unknown plan field(s) {', '.join(repr(u[:60]) for u in unknown[:5])}; "
                           f"allowed: {', '.join(FILE_KEYS)}")
     data.setdefault("name", path.stem)
     return data
@@ -132,9 +130,11 @@ def _positive_ints(key: str, values: list) -> tuple[int, ...]:
             n = 0
         (out if n > 0 else bad).append(n if n > 0 else v)
     if bad:
-        raise InputError(f"{key} must be positive integers; bad: {', '.join(map(repr, bad))}")
+        raise InputError(f"{key} must be positive integers; bad: {', '.join(repr(b)[:40] for b in bad[:5])}")
     if not out:
         raise InputError(f"{key}: the list is empty")
+    for n in out:
+        check_int(key, n)
     return tuple(dict.fromkeys(out))
 
 
@@ -156,7 +156,7 @@ def _opt_positive(key: str, value: Any) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InputError(f"{key} must be a positive integer, got {value!r}")
-    return value
+    return check_int(key, value)
 
 
 def _expand(names, catalogue: list[str], what: str, errors: list[str]) -> list:
@@ -202,10 +202,20 @@ def build_plan(raw: Mapping[str, Any]) -> Plan:
     if missing:
         raise InputError(f"a plan needs {' and '.join('--' + k for k in missing)} (or --plan FILE)")
     lists = {k: _as_list(k, raw[k]) for k in LIST_KEYS if raw.get(k) is not None}
+    for key, values in lists.items():  # "--models ," or "--dtypes ''": an error, not an empty plan
+        if not values:
+            raise InputError(f"--{key}: the list is empty (got {str(raw[key])[:40]!r})")
     errors: list[str] = []
-    models: dict[str, ModelSpec] = _resolve_all(_expand(lists["models"], model_names(), "model", errors),
-                                                _resolve_model, errors)
-    gpus: dict[str, GpuSpec] = _resolve_all(_expand(lists["gpus"], gpu_names(), "gpu", errors), get_gpu, errors)
+    lists["models"] = _expand(lists["models"], model_names(), "model", errors)
+    lists["gpus"] = _expand(lists["gpus"], gpu_names(), "gpu", errors)
+    rows = 1
+    for key in LIST_KEYS:
+        rows *= len(set(map(str, lists.get(key, ())))) or 1
+    if rows > MAX_ROWS:  # before any model is resolved or row built
+        raise InputError(f"the plan would have {rows:,} rows (models x GPUs x dtypes x contexts x "
+                         f"batches), over the {MAX_ROWS:,}-row limit; split it into smaller plans")
+    models: dict[str, ModelSpec] = _resolve_all(lists["models"], _resolve_model, errors)
+    gpus: dict[str, GpuSpec] = _resolve_all(lists["gpus"], get_gpu, errors)
     dtypes: list[str] = []
     for name in lists.get("dtypes", DEFAULT_DTYPES):
         try:
@@ -246,7 +256,7 @@ def _non_negative(key: str, value: Any) -> int:
         return Assumptions.overhead_bytes
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(f"{key} must be a non-negative integer (bytes), got {value!r}")
-    return value
+    return check_int(key, value, least=0)
 
 
 __all__ = ["Assumptions", "Plan", "build_plan", "read_plan_file", "plan_names", "DTYPE_BITS"]

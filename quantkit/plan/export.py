@@ -73,6 +73,9 @@ def render_text(plan: Plan, rows: list[dict], fmt: str) -> str:
 
 def check_writable(path: Path, force: bool) -> None:
     """Fail before any work if ``path`` exists (without ``force``) or its folder cannot take it."""
+    from quantkit.boundary.paths import check_path
+
+    path = check_path(path, "--out")
     if path.exists() and not force:
         raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
     if path.is_dir():

@@ -18,6 +18,8 @@ import zipfile
 from typing import IO, Any, Sequence
 from xml.sax.saxutils import escape
 
+from quantkit.boundary.text import xlsx_text
+
 # a formula cell with no cached value: openpyxl writes <v />; <v></v> or no <v> mean the same
 _FORMULA_CELL = re.compile(rb'<c r="([A-Z]+[0-9]+)"([^>]*)><f([^>]*)>([^<]*)</f>(?:<v\s*/>|<v>\s*</v>)?</c>')
 _SHEET = re.compile(rb'<sheet [^>]*?name="([^"]+)"[^>]*?r:id="([^"]+)"')
@@ -34,7 +36,7 @@ def _value_xml(value: Any) -> tuple[str, str]:
         return "", str(value)
     if isinstance(value, float):
         return "", repr(value)
-    return ' t="str"', escape(str(value))
+    return ' t="str"', escape(xlsx_text(str(value)))
 
 
 def _data_xml(ref: str, style: str, value: Any) -> str:
@@ -44,7 +46,7 @@ def _data_xml(ref: str, style: str, value: Any) -> str:
         return f'<c r="{ref}"{style} t="b"><v>{int(value)}</v></c>'
     if isinstance(value, (int, float)):
         return f'<c r="{ref}"{style}><v>{value!r}</v></c>'
-    text = escape(str(value))
+    text = escape(xlsx_text(str(value)))
     space = ' xml:space="preserve"' if text != text.strip() else ""
     return f'<c r="{ref}"{style} t="inlineStr"><is><t{space}>{text}</t></is></c>'
 

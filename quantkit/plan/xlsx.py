@@ -21,6 +21,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.workbook.defined_name import DefinedName
 from openpyxl.worksheet.formula import ArrayFormula
 
+from quantkit.boundary.text import xlsx_text
 from quantkit.calculators.fit import MAX_BATCH
 from quantkit.calculators.kv_cache import layer_bytes_per_token
 from quantkit.calculators.params import count_params
@@ -38,6 +39,17 @@ _HEAD_ALIGN = Alignment(wrap_text=True, vertical="top")
 _GREEN = PatternFill("solid", fgColor="C6EFCE")
 _RED = PatternFill("solid", fgColor="FFC7CE")
 _AMBER = PatternFill("solid", fgColor="FFEB9C")
+
+
+def _text(ws, r: int, c: int, value):
+    """A data cell: a string is written as text (a leading '=' is not a formula) without the
+    control characters XML forbids (``quantkit.boundary.text.xlsx_text``); numbers as numbers."""
+    if not isinstance(value, str):
+        return ws.cell(r, c, value)
+    cell = ws.cell(r, c)
+    cell.value = xlsx_text(value)
+    cell.data_type = "s"  # openpyxl would read "=..." as a formula
+    return cell
 
 
 def _header(ws, cols) -> None:
@@ -61,7 +73,7 @@ def _table(ws, cols, records: list[dict], cache: dict[str, Any]) -> None:
     for r, rec in enumerate(records, start=2):
         for i, letter, key, tpl, array, fmt in spec:
             if tpl is None:
-                cell = ws.cell(r, i, rec[key])
+                cell = _text(ws, r, i, rec[key])
             else:
                 ref = f"{letter}{r}"
                 text = tpl.replace("{r}", str(r))
@@ -110,7 +122,7 @@ def _inputs_sheet(ws, plan: Plan, command: str | None) -> None:
     ]
     for k, v in about:
         ws.cell(r, 1, k).font = _HEAD_FONT
-        ws.cell(r, 2, v)
+        _text(ws, r, 2, v)
         r += 1
     for letter, width in zip("ABCDE", (22, 16, 20, 70, 28)):
         ws.column_dimensions[letter].width = width
@@ -223,7 +235,7 @@ def _chart_sheet(ws, plan: Plan, rows: list[dict], cache: dict[str, Any]) -> Non
         for di, dtype in enumerate(plan.dtypes):
             idx = (((mi * ng + 0) * nd + di) * nc + ci) * nb + bi
             row, plan_row = rows[idx], idx + 2
-            ws.cell(r, 1, f"{spec.name} {dtype}")
+            _text(ws, r, 1, f"{spec.name} {dtype}")
             for j, (key, _, letter) in enumerate(F.CHART_COLS, start=2):
                 cell = ws.cell(r, j, f"=Plan!{letter}{plan_row}/10^9")
                 cell.number_format = "0.00"

@@ -145,45 +145,46 @@ def is_quantkit_checkpoint(folder) -> bool:
 def check_output_dir(out, force: bool = False, model_dir=None) -> Path:
     """Refuse an output folder that would lose data, before any work; return ``out``.
 
-    Refused (``InputError``, ``OutputExistsError``): an ``out`` that is the model folder, contains
-    it or lies inside it (symlinks resolved); a parent that is a file or not writable (missing
-    parent folders are fine: ``atomic_output_dir`` creates them); an
-    existing ``out`` without ``force``; with ``force``, an existing ``out`` that is not an empty
-    folder or a quantkit checkpoint (a file, or a folder of other things, is never deleted).
+    Refused (``InputError``, ``OutputExistsError``): a path the OS cannot take; an ``out`` that is
+    the model folder, contains it or lies inside it (symlinks resolved); a parent that is a file or not writable
+    (missing parent folders are created by ``atomic_output_dir``); an existing ``out`` without ``force``; with ``force``, an existing ``out``
+    that is not an empty folder or a checkpoint whose every file quantkit wrote (its
+    ``.quantkit-manifest.json``, ``quantkit.boundary.outputs.replaceable``): a file, a folder of
+    other things, or a checkpoint with the user's files next to quantkit's is never deleted.
     """
-    out = Path(out)
+    from quantkit.boundary.outputs import replaceable
+    from quantkit.boundary.paths import check_path, shown
+
+    out = check_path(out, "--out")
     target = out.resolve()  # what a write would land in, symlinks followed
     if model_dir is not None:
         model = Path(model_dir).resolve()
         if target == model:
-            raise InputError(f"--out '{out}' is the MODEL folder; choose a new folder for the output")
+            raise InputError(f"--out '{shown(out)}' is the MODEL folder; choose a new folder for the output")
         if target in model.parents:
-            raise InputError(f"--out '{out}' contains the MODEL folder '{model_dir}'; replacing it "
+            raise InputError(f"--out '{shown(out)}' contains the MODEL folder '{shown(model_dir)}'; replacing it "
                              "would delete the model: choose a new folder outside it")
         if model in target.parents:
-            raise InputError(f"--out '{out}' is inside the MODEL folder '{model_dir}'; "
+            raise InputError(f"--out '{shown(out)}' is inside the MODEL folder '{shown(model_dir)}'; "
                              "choose a new folder outside it")
     entry = _entry(out)
     if not entry.name:
-        raise InputError(f"--out '{out}' is the filesystem root; choose a new folder")
+        raise InputError(f"--out '{shown(out)}' is the filesystem root; choose a new folder")
     parent = entry.parent  # created with its missing parents when the output is written
     existing = parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"cannot write '{out}': the folder '{existing}' is not a folder")
+        raise InputError(f"cannot write '{shown(out)}': the folder '{shown(existing)}' is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write '{out}': the folder '{existing}' is not writable")
+        raise InputError(f"cannot write '{shown(out)}': the folder '{shown(existing)}' is not writable")
     if entry.exists() or entry.is_symlink():
         if not force:
-            raise OutputExistsError(f"'{out}' exists; pass --force to replace it")
-        if not entry.is_dir():
+            raise OutputExistsError(f"'{shown(out)}' exists; pass --force to replace it")
+        why = replaceable(entry)
+        if why is not None:
             raise InputError(f"--force replaces only an empty folder or a quantkit checkpoint, and "
-                             f"'{out}' is not a folder; remove it yourself or choose another --out")
-        if any(entry.iterdir()) and not is_quantkit_checkpoint(entry):
-            raise InputError(f"--force replaces only an empty folder or a quantkit checkpoint, and "
-                             f"'{out}' holds other files (no config.json with a quantization_config."
-                             "quantkit block); remove it yourself or choose another --out")
+                             f"'{shown(out)}' {why}; remove it yourself or choose another --out")
     return out
 
 
@@ -200,16 +201,31 @@ def atomic_output_dir(out, force: bool = False, model_dir=None):
     """Yield a fresh temp folder next to ``out``; on success it becomes ``out``, on any error it is
     removed (``quantkit.fsutil.atomic_dir``). ``out`` is checked first (``check_output_dir``): an
     existing one is replaced only with ``force``, only once the new folder is complete, and only
-    if it is an empty folder or a quantkit checkpoint; ``model_dir`` (the source model) is never
-    inside, around or equal to ``out``."""
+    if it is an empty folder or a checkpoint quantkit wrote; ``model_dir`` (the source model) is
+    never inside, around or equal to ``out``. Leftovers of interrupted runs next to ``out`` are
+    removed first; the new folder gets a manifest of its files (what a later ``--force`` may
+    delete). A full disk or another OS error while writing is an ``InputError``."""
+    from quantkit.boundary.outputs import remove_leftovers, write_manifest
+
     check_output_dir(out, force, model_dir)
     entry = _entry(Path(out))
     try:  # missing parent folders are created, as transformers' save_pretrained does
         entry.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot write '{out}': {exc.strerror or exc}") from None
+    remove_leftovers(entry)
     with atomic_dir(entry, replace=force) as tmp:
-        yield tmp
+        try:
+            yield tmp
+            write_manifest(tmp)
+        except OSError as exc:
+            raise InputError(f"cannot write '{out}': {exc.strerror or exc}") from None
+        except Exception as exc:
+            from safetensors import SafetensorError  # wraps the I/O error of save_file
+
+            if isinstance(exc, SafetensorError):
+                raise InputError(f"cannot write '{out}': {str(exc).splitlines()[0]}") from None
+            raise
 
 
 def write_shards(state: dict, folder: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
@@ -312,6 +328,10 @@ def read_quant_block(cfg: dict, where) -> tuple[QuantConfig, dict]:
     for key in ("config", "quantized_modules", "skipped_modules"):
         if key not in block:
             raise ConfigError(f"'{where}': quantization_config.quantkit lacks '{key}'")
+        if key != "config" and not (isinstance(block[key], list) and all(isinstance(n, str) and n for n in block[key])):
+            raise ConfigError(f"'{where}': quantization_config.quantkit.{key} must be a list of module names")
+    if not isinstance(block["config"], dict):
+        raise ConfigError(f"'{where}': quantization_config.quantkit.config must be a mapping")
     return QuantConfig.from_dict(block["config"]), block
 
 

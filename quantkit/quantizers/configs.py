@@ -16,10 +16,12 @@ exposing ``quantize_module``/``empty_module``/``checkpoint_config`` (see ``int8.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from difflib import get_close_matches
 from typing import ClassVar
 
+from quantkit.boundary.numbers import check_int
 from quantkit.errors import ConfigError, UnknownNameError
 from quantkit.selection import DEFAULT_SKIP
 
@@ -122,6 +124,13 @@ class QuantConfig:
             skip = (skip,)
         if not isinstance(skip, (list, tuple)) or not all(isinstance(s, str) and s for s in skip):
             raise ConfigError(f"skip must be a list of non-empty module names or patterns, got {skip!r}")
+        for pattern in skip:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except (re.error, RecursionError, OverflowError) as exc:
+                    raise ConfigError(f"skip pattern {pattern!r} is not a valid regular expression: "
+                                      f"{getattr(exc, 'msg', exc)}") from None
         object.__setattr__(self, "skip", tuple(skip))
 
 
@@ -147,6 +156,8 @@ class Int8Config(QuantConfig):
         gs = self.group_size
         if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0):
             raise ConfigError(f"group_size must be a positive integer or null, got {gs!r}")
+        if gs is not None:
+            check_int("group_size", gs, error=ConfigError)
         if self.scale_dtype not in SCALE_DTYPES:
             raise ConfigError(
                 f"scale_dtype must be one of {', '.join(SCALE_DTYPES)}, got {self.scale_dtype!r}"

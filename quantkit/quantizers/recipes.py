@@ -90,8 +90,10 @@ def shipped_recipes() -> dict[str, Path]:
 
 def resolve_recipe(name_or_path: str) -> Path:
     """Path of a recipe given as a path or as a shipped recipe's bare name."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
+    from quantkit.boundary.paths import check_path
+
+    path = check_path(name_or_path, "--recipe").expanduser()
+    if path.exists():  # a regular file, else load_recipe's reader names what it is
         return path
     shipped = shipped_recipes()
     stem = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
@@ -105,16 +107,11 @@ def resolve_recipe(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str) -> Recipe:
     """Read and schema-check a recipe; ``ConfigError`` naming the file and key on any problem."""
-    import yaml
+    from quantkit.boundary.data import load_yaml_file
 
     path = resolve_recipe(name_or_path)
     where = f"recipe '{path.name}'"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    data = load_yaml_file(path, "recipe", where=where)  # capped, no aliases, bounded nesting
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping with a 'quantization' section")
     _check_keys(where, "", data, TOP_KEYS)

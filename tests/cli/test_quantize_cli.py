@@ -196,7 +196,7 @@ def test_force_replaces_only_an_empty_folder_or_a_quantkit_checkpoint(tiny_model
     (out / "thesis.tex").write_text("years of work")
     _assert_error(_invoke(src, "--out", out, "--force"),
                   r"Error: --force replaces only an empty folder or a quantkit checkpoint, and '.*/out' holds "
-                  r"other files \(no config.json with a quantization_config.quantkit block\); remove it yourself "
+                  r"other files \(no valid .quantkit-manifest.json listing the files quantkit wrote there\); remove it yourself "
                   r"or choose another --out")
     assert _snapshot(out) == {"thesis.tex": b"years of work"}
     # A plain (unquantized) model folder is not a quantkit checkpoint either.
@@ -209,13 +209,17 @@ def test_force_replaces_only_an_empty_folder_or_a_quantkit_checkpoint(tiny_model
                   r"Error: --force replaces only an empty folder or a quantkit checkpoint, and '.*/file' is "
                   r"not a folder; remove it yourself or choose another --out")
     assert (tmp_path / "file").read_text() == "data"
-    # A quantkit checkpoint is replaced, entirely.
+    # A quantkit checkpoint is replaced, entirely, but not with the user's files next to its own.
     ckpt = tmp_path / "ckpt"
     assert _invoke(src, "--out", ckpt).exit_code == 0
     (ckpt / "stale.txt").write_text("old")
+    _assert_error(_invoke(src, "--out", ckpt, "--force"),
+                  r"Error: --force replaces only an empty folder or a quantkit checkpoint, and '.*/ckpt' holds "
+                  r"files quantkit did not write \(stale.txt\): move them out first; .*")
+    assert (ckpt / "stale.txt").read_text() == "old"
+    (ckpt / "stale.txt").unlink()
     result = _invoke(src, "--out", ckpt, "--force", "--group-size", "32")
     assert result.exit_code == 0, result.output
-    assert not (ckpt / "stale.txt").exists()
     assert json.loads((ckpt / "config.json").read_text())["quantization_config"]["quantkit"]["group_size"] == 32
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -243,7 +247,8 @@ def test_output_files_have_default_modes(tiny_model, tmp_path):
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
-    assert set(modes) == {"config.json", "model.safetensors", "quant_report.json", "tokenizer.json"}
+    assert set(modes) == {"config.json", "model.safetensors", "quant_report.json", "tokenizer.json",
+                          ".quantkit-manifest.json"}
     assert set(modes.values()) == {0o644}, modes
 
 

@@ -45,9 +45,12 @@ def test_existing_output_refused_then_replaced_with_force(quantized, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     (out / "keep.txt").unlink()
     save_quantized(quantized, out, CONFIG, force=True)  # an empty folder is replaced
-    (out / "stale.txt").write_text("old")
     save_quantized(quantized, out, CONFIG, force=True)  # so is a quantkit checkpoint, all of it
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file() and (out / ".quantkit-manifest.json").is_file()
+    (out / "stale.txt").write_text("old")  # but not with a file quantkit did not write
+    with pytest.raises(InputError, match=r"holds files quantkit did not write \(stale.txt\)"):
+        save_quantized(quantized, out, CONFIG, force=True)
+    assert (out / "stale.txt").read_text() == "old"
     assert _leftovers(tmp_path) == []
 
 
