@@ -101,7 +101,15 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
     from quantkit.quantizers.api import check_skip, quantizable_modules, quantize
 
     # --skip typos fail now, on the meta-device model's Linear names, not after loading the weights.
-    check_skip(config, [n for n, _ in quantizable_modules(empty_model(cfg, torch.bfloat16))])
+    meta = empty_model(cfg, torch.bfloat16)
+    units = [n for n, _ in quantizable_modules(meta)]
+    check_skip(config, units)
+    if config.method == "int8":  # a group size the compressed-tensors format cannot store fails now
+        from quantkit.quantizers.layout import check_exportable, quantized_shapes
+        from quantkit.selection import is_skipped
+
+        check_exportable(quantized_shapes(meta, [n for n in units if not is_skipped(n, config.skip)]),
+                         config.group_size)
     from quantkit.quantizers.checkpoint import save_quantized
     from quantkit.quantizers.report import render
 
