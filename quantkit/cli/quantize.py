@@ -122,5 +122,13 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
     save_quantized(net, out, config, report=report, source_dir=model_dir, force=force,
                    max_shard_bytes=shard_bytes)
     click.echo(render(report))
+    import json
+
+    block = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))["quantization_config"]["quantkit"]
+    if block.get("experts_not_hub_layout"):
+        click.echo(f"note: {len(block['experts_not_hub_layout'])} MoE experts modules are written under "
+                   "quantkit's own per-expert names (this model type has no per-expert Hub layout in "
+                   "transformers): quantkit.load_quantized reads this folder, transformers and vLLM do not",
+                   err=True)
     click.echo(f"wrote {out} in {time.perf_counter() - start:.2f} s "
                f"(load {loaded - start:.2f} s, quantize {report.seconds:.2f} s)")

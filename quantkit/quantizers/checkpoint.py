@@ -117,8 +117,12 @@ def collect_state(model, config: QuantConfig) -> tuple[dict, list[str], list[str
     state = {}
     for name in quantized:
         mod = model.get_submodule(name)
-        export = fused.export_tensors if isinstance(mod, fused.Int8Experts) else handler.export_tensors
-        for key, t in export(mod).items():
+        if isinstance(mod, fused.Int8Experts):  # per expert, under transformers' Hub names
+            from quantkit.quantizers.experts_io import export
+
+            state.update(export(model, name))
+            continue
+        for key, t in handler.export_tensors(mod).items():
             state[f"{name}.{key}"] = t
     for key, t in model.state_dict().items():
         if key.rsplit(".", 1)[0] not in done:
@@ -274,6 +278,12 @@ def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=N
         check_exportable(quantized_shapes(model, quantized), config.group_size)
     cfg = model.config.to_dict()
     cfg["quantization_config"] = quantization_config(config, quantized, skipped)
+    if config.method == "int8":  # MoE experts written under names only quantkit reads (gpt-oss)
+        from quantkit.quantizers.experts import Int8Experts
+        from quantkit.quantizers.experts_io import pieces
+
+        cfg["quantization_config"]["quantkit"]["experts_not_hub_layout"] = [
+            n for n in quantized if isinstance(model.get_submodule(n), Int8Experts) and not pieces(model, n)[1]]
     with atomic_output_dir(out, force, model_dir=source_dir) as tmp:
         write_shards(state, tmp, max_shard_bytes)
         atomic_write(tmp / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -368,6 +378,12 @@ def load_quantized(path, device="cpu", dtype=None):
     model = empty_model(cfg, dtype)
     state = load_state_dict(path)
     if hasattr(handler, "empty_module"):  # int8: packed / bitsandbytes tensors -> Int8Linear's
+        if block["version"] >= 2:  # per-expert pieces -> Int8Experts' (E, out, in) tensors
+            from quantkit.quantizers.experts import is_fused_experts
+            from quantkit.quantizers.experts_io import to_fused
+
+            experts = [n for n in block["quantized_modules"] if is_fused_experts(_target(model, n, path))]
+            state = to_fused(model, state, experts, f"the checkpoint in '{path}'")
         state = to_memory(state, block["quantized_modules"], f"'{path}'")
     quantized = frozenset(block["quantized_modules"])
     kept = fp32_kept(model, dtype)  # tensors transformers keeps in fp32 (router biases ...)
