@@ -68,9 +68,11 @@ def _fill_quantized(runner: Decoder, cfg: dict, model_dir: Path, dtype, source: 
     from quantkit.modelbuild import assign_state_dict
     from quantkit.quantizers.checkpoint import prepare_quantized
 
-    _, quantized = prepare_quantized(runner, cfg, model_dir)
+    from quantkit.quantizers.layout import to_memory
+
+    _, quantized = prepare_quantized(runner, cfg, model_dir, model_dir)
     done = frozenset(quantized)
-    state = load_state_dict(model_dir)
+    state = to_memory(load_state_dict(model_dir), quantized, f"'{model_dir}'")
     if dtype is not None:
         state = {k: (t.to(dtype) if t.is_floating_point() and k.rpartition(".")[0] not in done
                      else t) for k, t in state.items()}
