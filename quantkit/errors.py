@@ -45,3 +45,8 @@ class DependencyError(QuantkitError):
 
 class OutOfMemoryError(QuantkitError):
     """The GPU ran out of memory; the message says what the estimate says would fit."""
+
+
+class FormatError(UsageError):
+    """The request cannot be stored in the checkpoint format other tools load (compressed-tensors):
+    e.g. a group size that does not divide a layer's input features; names the valid values."""

@@ -233,6 +233,7 @@ class QuantInfo:
     group_size: int | None = None
     skip: tuple[str, ...] = ("lm_head",)
     scale_bytes: int = 2
+    meta_bytes: int = 0  # per quantized linear beyond values and scales (weights.checkpoint_bytes)
 
 
 _SCALE_BYTES = {"torch.float32": 4, "float32": 4, "torch.float16": 2, "float16": 2,
@@ -255,7 +256,10 @@ def _quant_info(qc: Any) -> QuantInfo | None:
         group = weights.get("group_size") if weights.get("strategy") == "group" else None
         skip = tuple(qc.get("ignore") or ())
         scale = _SCALE_BYTES.get(str(weights.get("scale_dtype")), 2)
-        return QuantInfo(method, dtype, group, skip, scale)
+        fmt = groups[0].get("format") or qc.get("format")
+        # pack-quantized stores an int64 [out, in] weight_shape per linear: 16 bytes
+        meta = 16 if fmt == "pack-quantized" and kind == "int" else 0
+        return QuantInfo(method, dtype, group, skip, scale, meta)
     if method == "fp8":  # DeepSeek-V3 style; block scales are counted as per-channel scales
         return QuantInfo(method, "fp8", None, _module_patterns(qc.get("modules_to_not_convert") or ("lm_head",)), 4)
     if method == "mxfp4":  # gpt-oss: 4-bit values + one 8-bit (E8M0) scale per 32, experts only

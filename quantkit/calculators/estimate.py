@@ -159,12 +159,14 @@ def estimate(
         group_size = spec.quantization.group_size if from_checkpoint else DEFAULT_GROUP.get(dtype)
     if skip is None:
         skip = spec.quantization.skip if from_checkpoint else DEFAULT_SKIP
+    meta_bytes = 0  # a checkpoint's format may store more per quantized linear (weight_shape)
     if from_checkpoint:
         scale_bytes = spec.quantization.scale_bytes
+        meta_bytes = spec.quantization.meta_bytes
     setup = Setup(dtype, KV_DTYPE_BYTES[kv_dtype], batch, context, block_size, prefill_chunk,
-                  group_size, tuple(skip), overhead_bytes, train, scale_bytes)
+                  group_size, tuple(skip), overhead_bytes, train, scale_bytes, meta_bytes)
     params = count_params(spec)
-    weights = checkpoint_bytes(spec, dtype, group_size, tuple(skip), scale_bytes).total
+    weights = checkpoint_bytes(spec, dtype, group_size, tuple(skip), scale_bytes, 2, meta_bytes).total
     if train:
         weights = memory(spec, setup, 1).weights
     kv = kv_cache(spec, batch, context, KV_DTYPE_BYTES[kv_dtype], block_size)
@@ -175,7 +177,7 @@ def estimate(
         weights_bytes_by_dtype=textbook_bytes_by_dtype(params.total),
         checkpoint_bytes_by_dtype={
             d: checkpoint_bytes(spec, d, group_size if d == dtype else DEFAULT_GROUP.get(d), tuple(skip),
-                                scale_bytes).total for d in DTYPE_BITS},
+                                scale_bytes, 2, meta_bytes if d == dtype else 0).total for d in DTYPE_BITS},
         batch=batch, context=context, kv_dtype=kv_dtype,
         kv_bytes_per_token=kv.bytes_per_token, kv_cache_bytes=mem.kv_cache,
         kv_cache_decompressed_bytes=kv.decompressed_total if not train else 0,

@@ -43,6 +43,7 @@ class Setup:
     overhead_bytes: int = act.DEFAULT_OVERHEAD_BYTES
     train: bool = False
     scale_bytes: int = 2  # bytes per quantization scale
+    meta_bytes: int = 0  # bytes per quantized linear beyond values and scales (weight_shape)
 
 
 def kv_heads_per_gpu(spec: ModelSpec, tp: int) -> float:
@@ -75,7 +76,7 @@ def memory(spec: ModelSpec, s: Setup, tp: int = 1) -> Memory:
             overhead=s.overhead_bytes,
             optimizer=ceil_div(act.training_bytes(params) - params * 2, tp),
         )
-    weights = checkpoint_bytes(spec, s.dtype, s.group_size, s.skip, s.scale_bytes).total
+    weights = checkpoint_bytes(spec, s.dtype, s.group_size, s.skip, s.scale_bytes, 2, s.meta_bytes).total
     kv = kv_cache(spec, s.batch, s.context, s.kv_dtype_bytes, s.block_size).total
     # one prefill forward pass holds at most prefill_chunk tokens of all sequences together
     tokens = min(s.batch * s.context, s.prefill_chunk)

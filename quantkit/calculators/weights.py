@@ -8,9 +8,15 @@ channel (per-channel) or per output channel and group of ``group_size`` input co
 a partial last group gets its own scale). Symmetric schemes, so no zero points. Everything else
 (embeddings, norms, biases, routers, skipped linears such as ``lm_head``) stays at ``base_bytes``
 (bf16: 2), except the tensors transformers keeps in fp32 (DeepSeek's router weights and router
-bias, per transformers release: ``fp32_kept``), which quantize loads and writes in fp32. This is
-exactly the tensor bytes of a quantkit int8 checkpoint, checked in tests on every supported
-transformers release.
+bias, per transformers release: ``fp32_kept``), which quantize loads and writes in fp32.
+``meta_bytes`` is what a format stores per quantized linear besides values and scales:
+compressed-tensors "pack-quantized" (quantkit's int8 checkpoints, llm-compressor's W8A16/W4A16)
+keeps each layer's [out, in] as an int64 ``weight_shape`` tensor, ``PACKED_META_BYTES`` = 16; its
+int32 words hold 32 / bits values, so a row takes exactly in x bits / 8 bytes whenever in x bits
+is a multiple of 32 (every real model; quantkit's writer pads a partial last word).
+With ``meta_bytes=PACKED_META_BYTES`` this is exactly the tensor bytes of a quantkit int8
+checkpoint, checked in tests on every supported transformers release; the default 0 is the
+values-and-scales view the plan uses.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ _DTYPE_ALIASES = {
     "i8": "int8", "w8a16": "int8", "i4": "int4", "w4a16": "int4",
 }
 QUANTIZED = ("fp8", "int8", "int4")
+PACKED_META_BYTES = 16  # bytes: compressed-tensors' int64 weight_shape [out, in], per quantized linear
 # Default group size per quantized dtype: int8/fp8 per output channel, int4 groups of 128 (GPTQ/AWQ)
 DEFAULT_GROUP = {"fp8": None, "int8": None, "int4": 128}
 
@@ -76,10 +83,12 @@ def checkpoint_bytes(
     skip: tuple[str, ...] = DEFAULT_SKIP,
     scale_bytes: int = 2,
     base_bytes: int = 2,
+    meta_bytes: int = 0,
 ) -> WeightBytes:
     """Bytes the weights occupy at ``dtype`` (see module docstring for the quantized layout).
 
     ``dtype``: one of fp32, fp16, bf16, fp8, int8, int4. ``group_size``: None = per output channel.
+    ``meta_bytes``: stored per quantized linear besides values and scales (``PACKED_META_BYTES``).
     """
     params = count_params(spec)
     if dtype not in QUANTIZED:
@@ -97,6 +106,7 @@ def checkpoint_bytes(
             s = lin.out_features * n_groups * scale_bytes
             nbytes = ceil_div(lin.in_features * lin.out_features * bits, 8) + s
             nbytes += lin.out_features * base_bytes if lin.bias else 0
+            nbytes += meta_bytes
             quantized += lin.in_features * lin.out_features
             scales += s
         total += nbytes
@@ -108,13 +118,13 @@ def checkpoint_bytes(
     total += other * base_bytes + extra
     # routed experts: one token at batch 1 reads experts_per_token of num_experts
     if spec.is_moe:
-        routed = routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes)
+        routed = routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes, meta_bytes)
         active += routed * spec.experts_per_token // spec.num_experts
     active += other * base_bytes + extra
     return WeightBytes(total, active, quantized, scales, params.total - quantized, tuple(skipped), extra)
 
 
-def routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes) -> int:
+def routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes, meta_bytes: int = 0) -> int:
     """Bytes of all routed experts (MoE) at ``dtype``, their biases included; a token at batch 1
     reads top-k of them."""
     bits = DTYPE_BITS[dtype]
@@ -129,6 +139,7 @@ def routed_bytes(spec, dtype, group_size, skip, scale_bytes, base_bytes) -> int:
             out += ceil_div(lin.in_features * lin.out_features * bits, 8)
             out += lin.out_features * n_groups * scale_bytes
             out += lin.out_features * base_bytes if lin.bias else 0  # gpt-oss: experts have biases
+            out += meta_bytes
     return out
 
 
@@ -139,9 +150,11 @@ def quantized_checkpoint_bytes(
     skip: tuple[str, ...] = DEFAULT_SKIP,
     scale_bytes: int = 2,
     base_bytes: int = 2,
+    meta_bytes: int = 0,
 ) -> int:
-    """Tensor bytes of a quantkit int{bits} checkpoint (``bits``: 8 or 4)."""
+    """Tensor bytes of a quantkit int{bits} checkpoint (``bits``: 8 or 4); ``meta_bytes``: the
+    method's per-linear metadata (``QuantConfig.meta_bytes``: int8 ``PACKED_META_BYTES``)."""
     if bits not in (4, 8):
         raise UnknownNameError(f"unknown bit width {bits!r}; accepted: 4, 8")
     dtype = "int8" if bits == 8 else "int4"
-    return checkpoint_bytes(spec, dtype, group_size, tuple(skip), scale_bytes, base_bytes).total
+    return checkpoint_bytes(spec, dtype, group_size, tuple(skip), scale_bytes, base_bytes, meta_bytes).total

@@ -104,7 +104,15 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
     from quantkit.quantizers.api import check_skip, quantizable_modules, quantize
 
     # --skip typos fail now, on the meta-device model's Linear names, not after loading the weights.
-    check_skip(config, [n for n, _ in quantizable_modules(empty_model(cfg, torch.bfloat16))])
+    meta = empty_model(cfg, torch.bfloat16)
+    units = [n for n, _ in quantizable_modules(meta)]
+    check_skip(config, units)
+    if config.method == "int8":  # a group size the compressed-tensors format cannot store fails now
+        from quantkit.quantizers.layout import check_exportable, quantized_shapes
+        from quantkit.selection import is_skipped
+
+        check_exportable(quantized_shapes(meta, [n for n in units if not is_skipped(n, config.skip)]),
+                         config.group_size)
     from quantkit.quantizers.checkpoint import save_quantized
     from quantkit.quantizers.report import render
 
@@ -117,5 +125,13 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
     save_quantized(net, out, config, report=report, source_dir=model_dir, force=force,
                    max_shard_bytes=shard_bytes)
     click.echo(render(report))
+    import json
+
+    block = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))["quantization_config"]["quantkit"]
+    if block.get("experts_not_hub_layout"):
+        click.echo(f"note: {len(block['experts_not_hub_layout'])} MoE experts modules are written under "
+                   "quantkit's own per-expert names (this model type has no per-expert Hub layout in "
+                   "transformers): quantkit.load_quantized reads this folder, transformers and vLLM do not",
+                   err=True)
     click.echo(f"wrote {out} in {time.perf_counter() - start:.2f} s "
                f"(load {loaded - start:.2f} s, quantize {report.seconds:.2f} s)")

@@ -141,9 +141,11 @@ def _checkpoint(path: Path):
     from quantkit.modelbuild import build_model
     from quantkit.quantizers.checkpoint import is_quantkit_checkpoint
 
-    if is_quantkit_checkpoint(path):
-        cfg = read_config(path)
-        block = cfg["quantization_config"]["quantkit"]
+    cfg = read_config(path)
+    if is_quantkit_checkpoint(path) or "quantization_config" in cfg:
+        from quantkit.quantizers.checkpoint import read_quant_block
+
+        _, block = read_quant_block(cfg, path, path)  # llm-compressor / bitsandbytes folders too
         model = quantkit.load_quantized(path)
         return (model, "int8", block.get("group_size"), torch.bfloat16,
                 f"checkpoint {path} ({block.get('method')}, transformers)")

@@ -69,14 +69,19 @@ def _fill_quantized(runner: Decoder, cfg: dict, model_dir: Path, dtype, source: 
     from quantkit.quantizers.checkpoint import load_built_modules, prepare_quantized, read_quant_block
     from quantkit.quantizers.configs import handler_for
 
-    config, block = read_quant_block(cfg, model_dir)
+    from quantkit.quantizers.layout import to_memory
+
+    config, block = read_quant_block(cfg, model_dir, model_dir)
     built = not hasattr(handler_for(config), "empty_module")  # bitsandbytes: built from tensors
-    quantized = block["quantized_modules"] if built else prepare_quantized(runner, cfg, model_dir)[1]
-    done = frozenset(quantized)
     state = load_state_dict(model_dir)
     if built:
+        quantized = block["quantized_modules"]
         load_built_modules(runner, config, quantized, state, model_dir)
-        state = {k: t for k, t in state.items() if k.rpartition(".")[0] not in done}
+        state = {k: t for k, t in state.items() if k.rpartition(".")[0] not in frozenset(quantized)}
+    else:
+        _, quantized = prepare_quantized(runner, cfg, model_dir, model_dir)
+        state = to_memory(state, quantized, f"'{model_dir}'")
+    done = frozenset(quantized)
     if dtype is not None:
         state = {k: (t.to(dtype) if t.is_floating_point() and k.rpartition(".")[0] not in done
                      else t) for k, t in state.items()}

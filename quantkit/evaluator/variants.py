@@ -172,7 +172,9 @@ def _checkpoint_variant(s: VariantSpec, device, base_dir: Path) -> Variant:
         dtype = lm.runner.model.norm.weight.dtype
         name = DTYPE_NAMES.get(dtype, "fp32")
         return _finish(s, lm.runner, device, dtype, name, None, f"checkpoint {s.path} ({name})")
-    block = q.get("quantkit", {})
+    from quantkit.quantizers.checkpoint import read_quant_block
+
+    _, block = read_quant_block(lm.config, s.path, s.path)  # also for llm-compressor / bitsandbytes folders
     group = block.get("group_size")
     desc = f"checkpoint {s.path} ({block.get('method', q.get('quant_method'))})"
     return _finish(s, lm.runner, device, torch.bfloat16, "int8", group, desc)

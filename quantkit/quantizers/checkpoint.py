@@ -10,35 +10,30 @@ Folder layout::
 
 Tensor names are transformers' module names (``model.layers.N.self_attn.q_proj`` ...).
 
-Method ``int8`` (compressed-tensors W8A16 "int-quantized", symmetric, no zero points):
-  ``<module>.weight``        int8 (out, in)
+Method ``int8`` (format version 2: compressed-tensors "pack-quantized", what llm-compressor's
+W8A16 writes, tensor for tensor; see ``layout`` and ``packing``):
+  ``<module>.weight_packed`` int32 (out, ceil(in / 4)): int8 values q + 128, four per word, the
+                             first in the low byte (compressed-tensors ``pack_to_int32``)
   ``<module>.weight_scale``  (out, n_groups) in the scale dtype (bf16 by default); n_groups = 1 for
-                             strategy "channel", ceil(in / group_size) for strategy "group"
+                             strategy "channel", in / group_size for strategy "group" (group_size
+                             must divide in_features: ``errors.FormatError`` otherwise)
+  ``<module>.weight_shape``  int64 [out, in] (16 bytes per quantized linear)
   ``<module>.bias``          bf16 (out,), if the layer has one
-  dequantized weight = weight * weight_scale.repeat_interleave(group_size, dim=1)[:, :in]
-  Fused MoE experts (``experts.Int8Experts``, one module per layer): ``<module>.gate_up_proj``
-  (or ``up_proj``) and ``<module>.down_proj`` int8 (E, out, in) whatever transformers' layout,
-  ``<module>.<proj>_scale`` (E, out, n_groups), ``<module>.<proj>_bias`` bf16 (E, out) if any.
-  This part is quantkit's own layout: compressed-tensors has no fused-experts scheme.
+  dequantized weight = q * weight_scale.repeat_interleave(group_size, dim=1)
+  Fused MoE experts (``experts.Int8Experts``) are written per expert under the names transformers'
+  ``save_pretrained`` uses for that architecture (``experts_io``), each a pack-quantized linear.
   Everything else (embeddings, norms, skipped linears such as lm_head) keeps its name and dtype.
+  Version 1 folders (``<module>.weight`` int8 + ``weight_scale``, quantkit's own) still load.
 Method ``llm.int8`` (bitsandbytes naming, see ``bnb.py``): ``<module>.weight`` int8 (out, in),
   ``<module>.SCB`` fp32 (out,) = row absmax (scale = SCB / 127), ``<module>.bias`` bf16.
 Tied embeddings: a tensor shared by two names (lm_head.weight = model.embed_tokens.weight) is
 written once, under the first name in the state dict, as transformers does.
 
-``quantization_config`` for int8::
-
-    {"quant_method": "compressed-tensors", "format": "int-quantized",
-     "quantization_status": "compressed", "kv_cache_scheme": null,
-     "config_groups": {"group_0": {"targets": ["Linear"],
-        "weights": {"num_bits": 8, "type": "int", "symmetric": true,
-                    "strategy": "channel" | "group", "group_size": null | N, "dynamic": false,
-                    "observer": "minmax", "scale_dtype": "torch.bfloat16", ...},
-        "input_activations": null, "output_activations": null}},
-     "ignore": [every skipped linear module, by full name],
-     "quantkit": {...}}
-
-and for llm.int8 transformers' ``BitsAndBytesConfig`` keys (quant_method "bitsandbytes",
+``quantization_config`` for int8 is llm-compressor's, key for key (``int8.checkpoint_config``):
+``quant_method`` compressed-tensors, ``format`` pack-quantized (top level and in ``group_0``),
+``weights`` {num_bits 8, type int, symmetric, strategy channel|group, group_size, observer
+"memoryless_minmax", scale_dtype null for bf16 ...}, ``ignore`` [every skipped linear, by full
+name], ``quantization_status`` compressed, plus the ``quantkit`` block below; and for llm.int8 transformers' ``BitsAndBytesConfig`` keys (quant_method "bitsandbytes",
 load_in_8bit, llm_int8_threshold, llm_int8_skip_modules) plus the same ``quantkit`` block::
 
     "quantkit": {"version": 1, "quantkit_version": "0.1.0", "method": "int8" | "llm.int8",
@@ -47,14 +42,14 @@ load_in_8bit, llm_int8_threshold, llm_int8_skip_modules) plus the same ``quantki
                  "quantized_modules": [...], "skipped_modules": [...],
                  "source": the absolute path of the folder it was made from, or null}
 
-quantkit reads only the ``quantkit`` block (never guesses the scheme from tensor names).
+quantkit reads the ``quantkit`` block of its own folders (versions 1 and 2); folders other tools
+wrote (llm-compressor pack-quantized, transformers' bitsandbytes 8-bit) get one built from their
+``quantization_config`` (``layout.foreign_block``), never from file names.
 
-Differences from compressed-tensors: ``ignore`` lists full module names only (no "re:" patterns);
-the ``quantkit`` block is extra; group-wise scales allow in_features that are not a multiple of
-group_size (the last group is shorter: ceil groups) where compressed-tensors/vLLM kernels may
-require divisibility; ``scale_dtype`` inside ``weights`` is only understood by recent
-compressed-tensors releases. Loading these folders with compressed-tensors/vLLM was not tested
-here (no network/GPU); the tensor layout is the one its ``IntQuantizationCompressor`` writes.
+Differences from llm-compressor's W8A16 output: the extra ``quantkit`` block, ``version`` (the
+compressed-tensors release quantkit's layout is tested with), ``ignore`` by full module names,
+and the int8 values themselves (quantkit: absmax / 127, q in [-127, 127]; compressed-tensors'
+minmax observer: absmax / 127.5, q in [-128, 127]).
 """
 
 from __future__ import annotations
@@ -68,7 +63,7 @@ from quantkit.errors import ConfigError, InputError, OutputExistsError
 from quantkit.fsutil import atomic_dir, atomic_write
 from quantkit.quantizers.configs import QuantConfig, handler_for
 
-FORMAT_VERSION = 1
+from quantkit.quantizers.layout import FORMAT_VERSION, READABLE_VERSIONS  # noqa: E402
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # 5 GB (10^9), transformers' default shard size
 
 
@@ -123,8 +118,12 @@ def collect_state(model, config: QuantConfig) -> tuple[dict, list[str], list[str
     state = {}
     for name in quantized:
         mod = model.get_submodule(name)
-        export = fused.export_tensors if isinstance(mod, fused.Int8Experts) else handler.export_tensors
-        for key, t in export(mod).items():
+        if isinstance(mod, fused.Int8Experts):  # per expert, under transformers' Hub names
+            from quantkit.quantizers.experts_io import export
+
+            state.update(export(model, name))
+            continue
+        for key, t in handler.export_tensors(mod).items():
             state[f"{name}.{key}"] = t
     for key, t in model.state_dict().items():
         if key.rsplit(".", 1)[0] not in done:
@@ -301,8 +300,18 @@ def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=N
     if not hasattr(getattr(model, "config", None), "to_dict"):
         raise ConfigError("save_quantized needs a transformers model (its .config becomes config.json)")
     state, quantized, skipped = collect_state(model, config)
+    if config.method == "int8":
+        from quantkit.quantizers.layout import check_exportable, quantized_shapes
+
+        check_exportable(quantized_shapes(model, quantized), config.group_size)
     cfg = model.config.to_dict()
     cfg["quantization_config"] = quantization_config(config, quantized, skipped, source_dir)
+    if config.method == "int8":  # MoE experts written under names only quantkit reads (gpt-oss)
+        from quantkit.quantizers.experts import Int8Experts
+        from quantkit.quantizers.experts_io import pieces
+
+        cfg["quantization_config"]["quantkit"]["experts_not_hub_layout"] = [
+            n for n in quantized if isinstance(model.get_submodule(n), Int8Experts) and not pieces(model, n)[1]]
     with atomic_output_dir(out, force, model_dir=source_dir) as tmp:
         write_shards(state, tmp, max_shard_bytes)
         atomic_write(tmp / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -313,18 +322,24 @@ def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=N
     return Path(out)
 
 
-def read_quant_block(cfg: dict, where) -> tuple[QuantConfig, dict]:
-    """(QuantConfig, quantkit block) of a quantized config.json; ``ConfigError`` if there is none."""
+def read_quant_block(cfg: dict, where, folder=None) -> tuple[QuantConfig, dict]:
+    """(QuantConfig, quantkit block) of a quantized config.json; ``ConfigError`` if there is none.
+    A folder another tool wrote (no ``quantkit`` block: llm-compressor pack-quantized,
+    bitsandbytes 8-bit) gets a block from ``layout.foreign_block`` when ``folder`` is given."""
+    from quantkit.quantizers.layout import foreign_block, tensor_names
+
     qc = cfg.get("quantization_config")
     if not isinstance(qc, dict):
         raise ConfigError(f"'{where}' has no quantization_config: not a quantized checkpoint")
     block = qc.get("quantkit")
     if not isinstance(block, dict):
-        raise ConfigError(f"'{where}': quantization_config (quant_method "
-                          f"'{qc.get('quant_method')}') was not written by quantkit; it has no 'quantkit' block")
-    if block.get("version") != FORMAT_VERSION:
+        if folder is None:
+            raise ConfigError(f"'{where}': quantization_config (quant_method "
+                              f"'{qc.get('quant_method')}') was not written by quantkit; it has no 'quantkit' block")
+        block = foreign_block(qc, tensor_names(folder), where)
+    if block.get("version") not in READABLE_VERSIONS:
         raise ConfigError(f"'{where}': quantkit checkpoint format version {block.get('version')!r}, "
-                          f"this quantkit reads version {FORMAT_VERSION}")
+                          f"this quantkit reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     for key in ("config", "quantized_modules", "skipped_modules"):
         if key not in block:
             raise ConfigError(f"'{where}': quantization_config.quantkit lacks '{key}'")
@@ -350,13 +365,13 @@ def _target(model, name: str, source, experts_ok: bool = True):
     return mod
 
 
-def prepare_quantized(model, cfg: dict, source="checkpoint") -> tuple[QuantConfig, list[str]]:
+def prepare_quantized(model, cfg: dict, source="checkpoint", folder=None) -> tuple[QuantConfig, list[str]]:
     """Swap the modules that a quantkit checkpoint's config lists as quantized for empty (meta)
     quantized modules, so that ``modelbuild.assign_state_dict(model, state)`` then fills every
     tensor. ``model`` is any module tree with the checkpoint's module names (a transformers model
     or the eval runner), built on the meta device. Returns (config, quantized module names).
     """
-    config, block = read_quant_block(cfg, source)
+    config, block = read_quant_block(cfg, source, folder)
     handler = handler_for(config)
     if not hasattr(handler, "empty_module"):
         raise ConfigError(f"'{source}': {config.method} modules are built from their tensors "
@@ -384,23 +399,32 @@ def load_quantized(path, device="cpu", dtype=None):
     from quantkit.modelio import load_state_dict, read_config
 
     from quantkit.modelbuild import assign_state_dict, empty_model, fp32_kept
+    from quantkit.quantizers.layout import to_memory
 
     dtype = torch.bfloat16 if dtype is None else dtype
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"no such checkpoint folder: '{path}'")
     cfg = read_config(path)
-    config, block = read_quant_block(cfg, path)
+    config, block = read_quant_block(cfg, path, path)
     handler = handler_for(config)
     model = empty_model(cfg, dtype)
     state = load_state_dict(path)
+    if hasattr(handler, "empty_module"):  # int8: packed / bitsandbytes tensors -> Int8Linear's
+        if block["version"] >= 2:  # per-expert pieces -> Int8Experts' (E, out, in) tensors
+            from quantkit.quantizers.experts import is_fused_experts
+            from quantkit.quantizers.experts_io import to_fused
+
+            experts = [n for n in block["quantized_modules"] if is_fused_experts(_target(model, n, path))]
+            state = to_fused(model, state, experts, f"the checkpoint in '{path}'")
+        state = to_memory(state, block["quantized_modules"], f"'{path}'")
     quantized = frozenset(block["quantized_modules"])
     kept = fp32_kept(model, dtype)  # tensors transformers keeps in fp32 (router biases ...)
     rest = {k: (t.to(torch.float32 if kept(k) else dtype) if t.is_floating_point() else t)
             for k, t in state.items() if k.rsplit(".", 1)[0] not in quantized}
     source = f"the checkpoint in '{path}'"
     if hasattr(handler, "empty_module"):
-        prepare_quantized(model, cfg, path)
+        prepare_quantized(model, cfg, path, path)
         rest.update({k: t for k, t in state.items() if k.rsplit(".", 1)[0] in quantized})
         assign_state_dict(model, rest, source)
     else:  # modules built from their tensors (bitsandbytes)

@@ -175,6 +175,14 @@ class Int8Config(QuantConfig):
     def scale_bytes(self) -> int:
         return SCALE_DTYPES[self.scale_dtype]
 
+    @property
+    def meta_bytes(self) -> int:
+        """Bytes stored per quantized linear besides values and scales: the int64 ``weight_shape``
+        of compressed-tensors' pack-quantized layout (``quantizers.checkpoint``)."""
+        from quantkit.calculators.weights import PACKED_META_BYTES
+
+        return PACKED_META_BYTES
+
 
 @register("llm.int8", "quantkit.quantizers.bnb", "bitsandbytes LLM.int8(): int8 weights and activations, fp16 outliers")
 @dataclass(frozen=True)
@@ -215,3 +223,7 @@ class LLMInt8Config(QuantConfig):
     @property
     def scale_bytes(self) -> int:
         return SCALE_DTYPES[self.scale_dtype]
+
+    @property
+    def meta_bytes(self) -> int:
+        return 0  # bitsandbytes' naming: weight, SCB (and bias) only

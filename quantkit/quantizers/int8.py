@@ -131,8 +131,13 @@ def quantize_module(name: str, linear: nn.Linear, config: Int8Config) -> tuple[I
 
 
 def export_tensors(module: Int8Linear) -> dict:
-    """Checkpoint tensors of one quantized module, keyed by local name."""
-    out = {"weight": module.weight, "weight_scale": module.weight_scale}
+    """Checkpoint tensors of one quantized module, keyed by local name, in compressed-tensors'
+    pack-quantized layout: ``weight_packed`` int32 (out, ceil(in / 4)), ``weight_scale``
+    (out, n_groups), ``weight_shape`` int64 [out, in], ``bias`` if any (see ``checkpoint``)."""
+    from quantkit.quantizers.packing import pack_int32
+
+    out = {"weight_packed": pack_int32(module.weight, 8), "weight_scale": module.weight_scale,
+           "weight_shape": torch.tensor([module.out_features, module.in_features], dtype=torch.int64)}
     if module.bias is not None:
         out["bias"] = module.bias
     return out
@@ -159,31 +164,46 @@ def empty_module(linear: nn.Linear, config: Int8Config) -> Int8Linear:
                       config.group_size, SCALE_TORCH_DTYPES[config.scale_dtype], device="meta")
 
 
+# The compressed-tensors release whose pack-quantized layout these checkpoints are tested against
+# (written as quantization_config "version", as llm-compressor writes the release it used).
+COMPRESSED_TENSORS_VERSION = "0.20.1"
+
+
 def checkpoint_config(config: Int8Config, quantized: list[str], skipped: list[str]) -> dict:
-    """config.json's ``quantization_config`` (compressed-tensors W8A16 "int-quantized" layout)."""
+    """config.json's ``quantization_config``: what llm-compressor's W8A16 writes (compressed-tensors
+    "pack-quantized", symmetric int8, strategy channel or group), key for key. ``scale_dtype`` is
+    null for bf16 scales (compressed-tensors then uses the model's dtype, as llm-compressor does)."""
+    scale = SCALE_TORCH_DTYPES[config.scale_dtype]
     return {
-        "quant_method": "compressed-tensors",
-        "format": "int-quantized",
-        "quantization_status": "compressed",
         "config_groups": {
             "group_0": {
-                "targets": ["Linear"],
-                "weights": {
-                    "num_bits": 8,
-                    "type": "int",
-                    "symmetric": True,
-                    "strategy": config.granularity,
-                    "group_size": config.group_size,
-                    "dynamic": False,
-                    "actorder": None,
-                    "block_structure": None,
-                    "observer": "minmax",
-                    "scale_dtype": f"torch.{str(SCALE_TORCH_DTYPES[config.scale_dtype]).split('.')[-1]}",
-                },
+                "format": "pack-quantized",
                 "input_activations": None,
                 "output_activations": None,
+                "targets": ["Linear"],
+                "weights": {
+                    "actorder": None,
+                    "block_structure": None,
+                    "dynamic": False,
+                    "group_size": config.group_size,
+                    "num_bits": 8,
+                    "observer": "memoryless_minmax",
+                    "observer_kwargs": {},
+                    "scale_dtype": None if scale == torch.bfloat16 else str(scale),
+                    "strategy": config.granularity,
+                    "symmetric": True,
+                    "type": "int",
+                    "zp_dtype": None,
+                },
             }
         },
+        "format": "pack-quantized",
+        "global_compression_ratio": None,
         "ignore": list(skipped),
         "kv_cache_scheme": None,
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+        "sparsity_config": {},
+        "transform_config": {},
+        "version": COMPRESSED_TENSORS_VERSION,
     }

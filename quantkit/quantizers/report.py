@@ -154,4 +154,4 @@ def estimated_checkpoint_bytes(hf_config: dict, config, base_bytes: int, extra_s
     spec = ModelSpec.from_hf_config(hf_config)
     return quantized_checkpoint_bytes(spec, bits=config.bits, group_size=config.group_size,
                                       skip=tuple(config.skip) + tuple(extra_skip), scale_bytes=config.scale_bytes,
-                                      base_bytes=base_bytes)
+                                      base_bytes=base_bytes, meta_bytes=config.meta_bytes)

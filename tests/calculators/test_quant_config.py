@@ -3,7 +3,8 @@
 import pytest
 
 from quantkit.calculators.estimate import estimate
-from quantkit.calculators.weights import checkpoint_bytes
+from quantkit.calculators.params import linears
+from quantkit.calculators.weights import PACKED_META_BYTES, checkpoint_bytes
 from quantkit.catalogue import find_model_card
 from quantkit.errors import ConfigError
 from quantkit.selection import is_skipped
@@ -26,8 +27,11 @@ def test_compressed_tensors_group_scheme():
     s = with_qc(CT_GROUP)
     e = estimate(s)
     assert (e.dtype, e.group_size, e.dtype_source) == ("int4", 32, "quantization_config (compressed-tensors)")
-    expected = checkpoint_bytes(s, "int4", 32, ("lm_head", "re:.*layers\\.0\\..*"), 4).total
+    # pack-quantized: an int64 weight_shape (16 bytes) per quantized linear besides values and scales
+    expected = checkpoint_bytes(s, "int4", 32, ("lm_head", "re:.*layers\\.0\\..*"), 4, 2, PACKED_META_BYTES).total
     assert e.weights_bytes == expected
+    n_quantized = sum(1 for lin in linears(s) if not is_skipped(lin.name, s.quantization.skip))
+    assert n_quantized > 0 and expected - checkpoint_bytes(s, "int4", 32, ("lm_head", "re:.*layers\\.0\\..*"), 4).total == 16 * n_quantized
     # the regex ignore keeps layer 0 in bf16: more bytes than quantizing it
     assert expected > checkpoint_bytes(s, "int4", 32, ("lm_head",), 4).total
 

@@ -26,7 +26,7 @@ TINY = {
                              "num_experts_per_tok": 2, "n_shared_experts": 2, "moe_intermediate_size": 32,
                              "first_k_dense_replace": 1, "moe_layer_freq": 1, "tie_word_embeddings": False},
     "deepseek-v3-mla-qlora": {**BASE, "model_type": "deepseek_v3", "num_key_value_heads": 8,
-                              "q_lora_rank": 24, "kv_lora_rank": 32, "qk_rope_head_dim": 8,
+                              "q_lora_rank": 48, "kv_lora_rank": 32, "qk_rope_head_dim": 8,
                               "qk_nope_head_dim": 16, "v_head_dim": 16, "n_routed_experts": 4,
                               "num_experts_per_tok": 2, "n_shared_experts": 1, "moe_intermediate_size": 32,
                               "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1,

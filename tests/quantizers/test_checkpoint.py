@@ -89,18 +89,24 @@ def _edit_config(folder, fn):
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
-def test_load_refuses_unquantized_and_foreign(saved, tiny_model):
+def test_load_refuses_unquantized_and_unknown_methods(saved, tiny_model):
     with pytest.raises(ConfigError, match=r"has no quantization_config: not a quantized checkpoint"):
         load_quantized(tiny_model("llama"))
+    ids = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        before = load_quantized(saved)(ids).logits
+    # without the quantkit block it is a plain compressed-tensors pack-quantized folder: still read
     _edit_config(saved, lambda c: c["quantization_config"].pop("quantkit"))
-    with pytest.raises(ConfigError, match=r"quantization_config \(quant_method 'compressed-tensors'\) was not "
-                                          r"written by quantkit"):
+    with torch.no_grad():
+        assert torch.equal(load_quantized(saved)(ids).logits, before)
+    _edit_config(saved, lambda c: c["quantization_config"].update(quant_method="awq"))
+    with pytest.raises(ConfigError, match=r"quantization_config \(quant_method 'awq'\) is not one quantkit reads"):
         load_quantized(saved)
 
 
 def test_load_refuses_newer_format(saved):
-    _edit_config(saved, lambda c: c["quantization_config"]["quantkit"].update(version=2))
-    with pytest.raises(ConfigError, match=r"quantkit checkpoint format version 2, this quantkit reads version 1"):
+    _edit_config(saved, lambda c: c["quantization_config"]["quantkit"].update(version=3))
+    with pytest.raises(ConfigError, match=r"quantkit checkpoint format version 3, this quantkit reads versions 1, 2$"):
         load_quantized(saved)
 
 
@@ -109,9 +115,10 @@ def test_load_names_mismatched_tensors(saved):
     state = load_file(str(path))
     name = "model.layers.2.self_attn.o_proj"
     good = dict(state)
-    state[f"{name}.weight"] = state[f"{name}.weight"].to(torch.bfloat16)
+    state[f"{name}.weight_packed"] = state[f"{name}.weight_packed"].to(torch.bfloat16)
     save_file(state, str(path))
-    with pytest.raises(InputError, match=rf"tensor '{name}.weight' in .* is torch.bfloat16, the model needs torch.int8"):
+    with pytest.raises(InputError, match=rf"'{name}.weight_packed' torch.bfloat16 \(64, 16\) does not hold "
+                                         r"64 x 64 packed 4- or 8-bit values$"):
         load_quantized(saved)
     state = dict(good)
     del state[f"{name}.weight_scale"]

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 import quantkit
-from quantkit.errors import ConfigError
+from safetensors.torch import load_file
+
+from quantkit.errors import ConfigError, FormatError
 from quantkit.modelio import check_safetensors_file, weight_files
 from quantkit.modelbuild import build_model
 from quantkit.quantizers.checkpoint import save_quantized
@@ -34,7 +36,7 @@ def _logits(model):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("options", [{}, {"group_size": 48}], ids=["per-channel", "g48"])
+@pytest.mark.parametrize("options", [{}, {"group_size": 32}], ids=["per-channel", "g32"])
 def test_quantize_save_reload(arch, options, tiny_model, tmp_path):
     src = tiny_model(arch)
     model = build_model(src)
@@ -111,26 +113,48 @@ def test_skip_patterns_and_sharding(tiny_model, tmp_path):
     assert sorted(qc["ignore"]) == sorted(report.skipped) == sorted(qc["quantkit"]["skipped_modules"])
 
 
-def test_checkpoint_layout_follows_compressed_tensors(tiny_model, tmp_path):
+def test_checkpoint_layout_is_compressed_tensors_pack_quantized(tiny_model, tmp_path):
     src = tiny_model("llama")
     model = build_model(src)
     config = quantkit.QuantConfig(method="int8", group_size=32)
     quantkit.quantize(model, config, progress=False)
+    q = model.model.layers[0].mlp.down_proj.weight.clone()
     save_quantized(model, tmp_path / "q", config)
     qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "int-quantized"
-    w = qc["config_groups"]["group_0"]["weights"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    group = qc["config_groups"]["group_0"]
+    assert group["format"] == "pack-quantized" and group["targets"] == ["Linear"] and qc["ignore"] == ["lm_head"]
+    w = group["weights"]
     assert (w["num_bits"], w["type"], w["symmetric"], w["strategy"], w["group_size"]) == (8, "int", True, "group", 32)
-    assert qc["config_groups"]["group_0"]["targets"] == ["Linear"] and qc["ignore"] == ["lm_head"]
     block = qc["quantkit"]
     assert (block["version"], block["method"], block["bits"], block["granularity"], block["scale_dtype"]) == \
-        (1, "int8", 8, "group", "bf16")
+        (2, "int8", 8, "group", "bf16")
     header = check_safetensors_file(tmp_path / "q" / "model.safetensors")
-    p = "model.layers.0.mlp.down_proj"  # in_features 160 -> ceil(160 / 32) = 5 groups
-    assert header[f"{p}.weight"]["dtype"] == "I8" and header[f"{p}.weight"]["shape"] == [64, 160]
-    assert header[f"{p}.weight_scale"]["dtype"] == "BF16" and header[f"{p}.weight_scale"]["shape"] == [64, 5]
-    assert header["lm_head.weight"]["dtype"] == "BF16"
+    p = "model.layers.0.mlp.down_proj"  # (64, 160): 40 int32 words per row, 160 / 32 = 5 groups
+    assert (header[f"{p}.weight_packed"]["dtype"], header[f"{p}.weight_packed"]["shape"]) == ("I32", [64, 40])
+    assert (header[f"{p}.weight_scale"]["dtype"], header[f"{p}.weight_scale"]["shape"]) == ("BF16", [64, 5])
+    assert (header[f"{p}.weight_shape"]["dtype"], header[f"{p}.weight_shape"]["shape"]) == ("I64", [2])
+    assert f"{p}.weight" not in header and header["lm_head.weight"]["dtype"] == "BF16"
     assert not any(k.endswith("zero_point") for k in header)  # symmetric: no zero points
+    stored = load_file(str(tmp_path / "q" / "model.safetensors"))
+    assert stored[f"{p}.weight_shape"].tolist() == [64, 160]
+    # word k of a row holds values 4k..4k+3 as q + 128, the first in the low byte
+    word = int(stored[f"{p}.weight_packed"][3, 5]) & 0xFFFFFFFF
+    assert [((word >> (8 * i)) & 0xFF) - 128 for i in range(4)] == q[3, 20:24].tolist()
+
+
+def test_group_size_the_format_cannot_store_is_refused_at_save(tiny_model, tmp_path):
+    """Group-wise scales with a last, shorter group work in memory (eval's int8-g<N>), but
+    compressed-tensors needs group_size | in_features: saving names the valid sizes."""
+    model = build_model(tiny_model("llama"))
+    config = quantkit.QuantConfig(method="int8", group_size=48)
+    quantkit.quantize(model, config, progress=False)
+    with pytest.raises(FormatError, match=r"^group size 48 does not divide in_features 64 of "
+                                          r"'model.layers.0.self_attn.q_proj' \(21 layers\), which the "
+                                          r"compressed-tensors format cannot store; valid group sizes for this "
+                                          r"model: 1, 2, 4, 8, 16, 32, or per channel \(no --group-size\)$"):
+        save_quantized(model, tmp_path / "q", config)
+    assert not (tmp_path / "q").exists()
 
 
 def test_nothing_to_quantize_is_an_error(tiny_model):

@@ -37,7 +37,7 @@ def _compare(base, logits):
     return rel, top1
 
 
-@pytest.mark.parametrize("extra", [[], ["--recipe", "int8-g128"]], ids=["per-channel", "g128"])
+@pytest.mark.parametrize("extra", [[], ["--group-size", "64"]], ids=["per-channel", "g64"])
 def test_cli_quantize_reload_logits_close(extra, ref_docs_dir, held_out_ids, base_logits, tmp_path):
     out = tmp_path / "ref-docs-int8"
     result = CliRunner().invoke(cli, ["quantize", str(ref_docs_dir), "--out", str(out), *extra])
@@ -73,3 +73,15 @@ def test_group_wise_has_lower_weight_error_on_real_weights(ref_docs_dir):
         errors[gs] = sum(r.rel_error for r in report.layers) / len(report.layers)
     print(f"\nref-docs mean layer rel err: per-channel {errors[None]:.4%}, g64 {errors[64]:.4%}")
     assert errors[64] < errors[None]
+
+
+def test_cli_group_size_the_format_cannot_store_is_refused(ref_docs_dir, tmp_path):
+    """ref-docs' MLP has 704 = 11 x 64 input features: the int8-g128 recipe cannot be written in
+    the compressed-tensors layout, and quantize says so before loading the weights."""
+    out = tmp_path / "g128"
+    result = CliRunner().invoke(cli, ["quantize", str(ref_docs_dir), "--out", str(out), "--recipe", "int8-g128"])
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: group size 128 does not divide in_features 704 of 'model.layers.0.mlp.down_proj' (6 layers), "
+        "which the compressed-tensors format cannot store; valid group sizes for this model: 1, 2, 4, 8, 16, "
+        "32, 64, or per channel (no --group-size)")
