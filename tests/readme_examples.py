@@ -48,7 +48,9 @@ def workdir(tmp: Path, shared: Path) -> tuple[Path, dict]:
     shim = bin_dir / "quantkit"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m quantkit "$@"\n')
     shim.chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # a script, not a symlink: a venv's interpreter finds its site-packages by its own path
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     return work, env
