@@ -121,14 +121,21 @@ def collect_state(model, config: QuantConfig) -> tuple[dict, list[str], list[str
     done = set(quantized)
     state = {}
     for name in quantized:
-        mod = model.get_submodule(name)
-        export = fused.export_tensors if isinstance(mod, fused.Int8Experts) else handler.export_tensors
-        for key, t in export(mod).items():
+        for key, t in module_tensors(handler, model.get_submodule(name)).items():
             state[f"{name}.{key}"] = t
     for key, t in model.state_dict().items():
         if key.rsplit(".", 1)[0] not in done:
             state[key] = t
     return dedup_shared(state), quantized, skipped
+
+
+def module_tensors(handler, mod) -> dict:
+    """Checkpoint tensors of one quantized module (``Int8Experts`` or ``handler.MODULE_CLASS``),
+    keyed by local name: the one export the in-memory and the streaming writers share."""
+    from quantkit.quantizers import experts as fused
+
+    export = fused.export_tensors if isinstance(mod, fused.Int8Experts) else handler.export_tensors
+    return export(mod)
 
 
 def is_quantkit_checkpoint(folder) -> bool:
