@@ -254,7 +254,7 @@ _RSS_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_streaming_memory_is_bounded_by_a_module_not_the_model(tmp_path):
-    """24 layers of 1024 x 2816 (0.7 GB bf16): the peak above the imports stays near a few
+    """24 layers of 1024 x 2816 (0.65 GB bf16): the peak above the imports stays near a few
     modules (the largest, 2 x 16.8 MB embeddings, and the read/write queues), far below the model."""
     repo = str(__import__("pathlib").Path(__file__).resolve().parents[2])
     src, out = tmp_path / "src", tmp_path / "out"
@@ -264,7 +264,7 @@ def test_streaming_memory_is_bounded_by_a_module_not_the_model(tmp_path):
         assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     model_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-    assert model_bytes > 700_000_000 and got["read"] > 0.99 * model_bytes
+    assert model_bytes > 600_000_000 and got["read"] > 0.99 * model_bytes
     extra = got["peak"] - got["base"]
     print(f"model {model_bytes / 1e6:.0f} MB, base RSS {got['base'] / 1e6:.0f} MB, peak {got['peak'] / 1e6:.0f} MB")
-    assert extra < 250_000_000, extra  # generous: ~10 modules of 5.8 MB bf16, where the model is 700 MB
+    assert extra < 250_000_000, extra  # generous: ~10 modules of 5.8 MB bf16, where the model is 650 MB
