@@ -244,6 +244,7 @@ _RSS_SCRIPT = textwrap.dedent("""
         print(json.dumps({"written": True}))
         sys.exit(0)
     import quantkit
+    import transformers.models.llama.modeling_llama  # the imports are not the model's memory
     from quantkit.quantizers.stream import quantize_folder
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     report, stats = quantize_folder(src, out, quantkit.QuantConfig(), max_shard_bytes=200_000_000, progress=False)
