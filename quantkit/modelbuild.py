@@ -76,11 +76,27 @@ def empty_model(cfg: dict, dtype):
 
 def assign_state_dict(model, state: dict, source: str, handled_modules=frozenset()) -> None:
     """Load ``state`` into a meta-device ``model`` with ``assign=True`` after checking names and
-    shapes; ``InputError`` naming the first missing, unexpected or mis-shaped tensor.
+    shapes (``check_state_dict``); ``InputError`` naming the first missing, unexpected or
+    mis-shaped tensor.
 
     handled_modules: names of modules already filled by the caller (e.g. quantized layers rebuilt
     from their tensors); their entries are neither expected nor assigned here.
     """
+    expected = check_state_dict(model, state, source, handled_modules)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
+    if tied and any(k not in state for k in tied):
+        model.tie_weights()
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type == "meta":
+            raise InputError(f"{source} leaves tensor '{name}' unset")
+
+
+def check_state_dict(model, state: dict, source: str, handled_modules=frozenset()) -> dict:
+    """``InputError`` naming the first tensor of ``state`` (real or meta tensors: only names,
+    shapes and dtypes are read) that ``model`` lacks, or the first one ``model`` needs that is
+    missing (tied ones may be), mis-shaped, or of another integer dtype. Returns the model's
+    expected {name: tensor}."""
     expected = {k: v for k, v in model.state_dict().items()
                 if k.rsplit(".", 1)[0] not in handled_modules}
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
@@ -101,12 +117,7 @@ def assign_state_dict(model, state: dict, source: str, handled_modules=frozenset
     extra = [k for k in state if k not in expected and not any(p.search(k) for p in ignore)]
     if extra:
         raise InputError(f"{source} has tensor '{sorted(extra)[0]}' that the model in config.json does not have")
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
-    if tied and any(k not in state for k in tied):
-        model.tie_weights()
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.device.type == "meta":
-            raise InputError(f"{source} leaves tensor '{name}' unset")
+    return expected
 
 
 def build_model(model_dir, dtype=None, device="cpu"):
@@ -121,10 +132,7 @@ def build_model(model_dir, dtype=None, device="cpu"):
     dtype = torch.bfloat16 if dtype is None else dtype
     model_dir = Path(model_dir)
     cfg = read_config(model_dir)
-    if "quantization_config" in cfg:
-        method = cfg["quantization_config"].get("quant_method", "?") if isinstance(cfg["quantization_config"], dict) else "?"
-        raise ConfigError(f"'{model_dir}' is already quantized (quantization_config, quant_method "
-                          f"'{method}'); start from a bf16/fp16/fp32 model")
+    refuse_quantized(cfg, model_dir)
     model = empty_model(cfg, dtype)
     names = checkpoint_names(model_dir)
     if names is not None and needs_conversion(model, names):
@@ -137,6 +145,15 @@ def build_model(model_dir, dtype=None, device="cpu"):
         return _from_pretrained(model_dir, cfg, dtype, device)
     assign_state_dict(model, state, f"the checkpoint in '{model_dir}'")
     return model.to(device).eval()
+
+
+def refuse_quantized(cfg: dict, model_dir) -> None:
+    """``ConfigError`` if config.json ``cfg`` has a quantization_config: quantize starts from floats."""
+    if "quantization_config" in cfg:
+        qc = cfg["quantization_config"]
+        method = qc.get("quant_method", "?") if isinstance(qc, dict) else "?"
+        raise ConfigError(f"'{model_dir}' is already quantized (quantization_config, quant_method "
+                          f"'{method}'); start from a bf16/fp16/fp32 model")
 
 
 def fp32_kept(model, dtype):

@@ -65,9 +65,11 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
     """Quantize MODEL's linear weights to int8 and save a reloadable checkpoint in OUT.
 
     MODEL is a local Hugging Face model folder (config.json + safetensors; tokenizer files are
-    copied along) or a Hub id (needs network). The model is loaded in bf16 and quantized one layer
-    at a time; OUT gets safetensors shards, config.json with a quantization_config, and
-    quant_report.json. The per-layer errors and byte totals are printed.
+    copied along) or a Hub id (needs network). Each module is read from the safetensors shards,
+    quantized (weights cast to bf16 first) and appended to OUT's shards, so memory stays near the
+    largest module whatever the model's size; legacy .bin weights and the Hub's per-expert MoE
+    names are loaded whole instead (a note says so). OUT gets safetensors shards, config.json with
+    a quantization_config, and quant_report.json. The per-layer errors and byte totals are printed.
     """
     from quantkit.quantizers.recipes import build_config, load_recipe
 
@@ -113,13 +115,25 @@ def quantize_command(model, out, method, group_size, skip, scale_dtype, threshol
 
         check_exportable(quantized_shapes(meta, [n for n in units if not is_skipped(n, config.skip)]),
                          config.group_size)
-    from quantkit.quantizers.checkpoint import save_quantized
     from quantkit.quantizers.report import render
+    from quantkit.quantizers.stream import quantize_folder, stream_blocker
 
     if device == "cuda" and not torch.cuda.is_available():
         raise DependencyError("--device cuda: no CUDA device is available to torch")
+    why = stream_blocker(model_dir)
+    if why is None:  # one module at a time: memory bounded by the largest module, not the model
+        report, stats = quantize_folder(model_dir, out, config, force=force, max_shard_bytes=shard_bytes,
+                                        device=device)
+        click.echo(render(report))
+        click.echo(f"wrote {out} in {stats.seconds:.2f} s, streamed one module at a time "
+                   f"(read {stats.bytes_read / 1e9:.3f} GB, wrote {stats.bytes_written / 1e9:.3f} GB "
+                   f"in {len(stats.files)} shard{'s' if len(stats.files) > 1 else ''})")
+        return
+    from quantkit.quantizers.checkpoint import save_quantized
+
     start = time.perf_counter()
-    net = build_model(model_dir, torch.bfloat16, device)
+    net = build_model(model_dir, torch.bfloat16, device)  # a bad checkpoint fails first, in one line
+    click.echo(f"note: {why}; quantizing in memory (the whole model is loaded)", err=True)
     loaded = time.perf_counter()
     report = quantize(net, config)
     save_quantized(net, out, config, report=report, source_dir=model_dir, force=force,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 from quantkit.errors import ConfigError
 from quantkit.quantizers.configs import METHODS, QuantConfig, handler_for
@@ -74,7 +75,6 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
     from tqdm import tqdm
 
     from quantkit.quantizers.checkpoint import base_dtype, collect_state, dedup_shared, tensor_bytes
-    from quantkit.quantizers.experts import check_experts_supported, is_fused_experts
     from quantkit.spec import is_supported
 
     config = QuantConfig() if config is None else config
@@ -86,23 +86,9 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
     bytes_before = tensor_bytes(dedup_shared(model.state_dict()))
 
     hf_cfg = getattr(model, "config", None)
-    units = quantizable_modules(model)
-    check_skip(config, [n for n, _ in units])
-    experts = {n for n, m in units if is_fused_experts(m)}
-    # A method without a fused-experts path (llm.int8: bitsandbytes swaps nn.Linear only) keeps
-    # them in the base dtype; so are nn.Linear subclasses with a forward of their own (routers
-    # that return tuples: PhiMoE, Llama 4): both are listed as skipped and estimated so.
-    unsupported = set() if hasattr(handler, "quantize_experts") else set(experts)
-    unsupported |= {n for n, m in units if n not in experts and type(m).forward is not nn.Linear.forward}
-    targets = [n for n, _ in units if not is_skipped(n, config.skip) and n not in unsupported]
-    skipped = [n for n, _ in units if is_skipped(n, config.skip) or n in unsupported]
-    if not targets:
-        raise ConfigError(f"nothing to quantize: the skip patterns {list(config.skip)} match all "
-                          f"{len(units)} linear and expert modules")
+    sel = select_units(model, config)
+    experts, unsupported, targets, skipped = sel.experts, sel.unsupported, sel.targets, sel.skipped
     tied = _tied_names(model, [n for n in targets if n not in experts])
-    for name in targets:  # refuse unsupported experts before anything is swapped
-        if name in experts:
-            check_experts_supported(name, model.get_submodule(name))
 
     layers = []
     for name in tqdm(targets, desc=f"quantize {config.method}", unit="layer", file=sys.stderr,
@@ -139,6 +125,46 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True)
         estimated_bytes=estimate,
         seconds=time.perf_counter() - start,
     )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which of a model's ``quantizable_modules`` a config quantizes. ``targets`` and ``skipped``
+    are in module order; ``experts``: the fused MoE experts modules among all units;
+    ``unsupported``: units the method cannot quantize (listed as skipped)."""
+
+    targets: list
+    skipped: list
+    experts: frozenset
+    unsupported: frozenset
+
+
+def select_units(model, config: QuantConfig) -> Selection:
+    """The ``Selection`` for ``model`` (real or on the meta device) and ``config``: the one rule the
+    in-memory and the streaming quantizers share. ``ConfigError`` if a skip pattern matches
+    nothing, nothing is left to quantize, or a targeted experts module is unsupported."""
+    from torch import nn
+
+    from quantkit.quantizers.experts import check_experts_supported, is_fused_experts
+
+    handler = handler_for(config)
+    units = quantizable_modules(model)
+    check_skip(config, [n for n, _ in units])
+    experts = {n for n, m in units if is_fused_experts(m)}
+    # A method without a fused-experts path (llm.int8: bitsandbytes swaps nn.Linear only) keeps
+    # them in the base dtype; so are nn.Linear subclasses with a forward of their own (routers
+    # that return tuples: PhiMoE, Llama 4): both are listed as skipped and estimated so.
+    unsupported = set() if hasattr(handler, "quantize_experts") else set(experts)
+    unsupported |= {n for n, m in units if n not in experts and type(m).forward is not nn.Linear.forward}
+    targets = [n for n, _ in units if not is_skipped(n, config.skip) and n not in unsupported]
+    skipped = [n for n, _ in units if is_skipped(n, config.skip) or n in unsupported]
+    if not targets:
+        raise ConfigError(f"nothing to quantize: the skip patterns {list(config.skip)} match all "
+                          f"{len(units)} linear and expert modules")
+    for name in targets:  # refuse unsupported experts before anything is swapped
+        if name in experts:
+            check_experts_supported(name, model.get_submodule(name))
+    return Selection(targets, skipped, frozenset(experts), frozenset(unsupported))
 
 
 def smoke_forward(model) -> None:

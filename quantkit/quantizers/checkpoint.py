@@ -117,18 +117,43 @@ def collect_state(model, config: QuantConfig) -> tuple[dict, list[str], list[str
     done = set(quantized)
     state = {}
     for name in quantized:
-        mod = model.get_submodule(name)
-        if isinstance(mod, fused.Int8Experts):  # per expert, under transformers' Hub names
-            from quantkit.quantizers.experts_io import export
-
-            state.update(export(model, name))
-            continue
-        for key, t in handler.export_tensors(mod).items():
-            state[f"{name}.{key}"] = t
+        state.update(module_tensors(handler, model.get_submodule(name), name, model))
     for key, t in model.state_dict().items():
         if key.rsplit(".", 1)[0] not in done:
             state[key] = t
     return dedup_shared(state), quantized, skipped
+
+
+def module_tensors(handler, mod, name: str, model) -> dict:
+    """Checkpoint tensors (full names) of the quantized module ``mod`` that stands at ``name``:
+    the one export the in-memory and the streaming writers share. ``model`` holds that module,
+    quantized or still float (meta tensors suffice): fused MoE experts are written per expert
+    under the names transformers' ``save_pretrained`` gives them (``experts_io``)."""
+    from quantkit.quantizers import experts as fused
+
+    if isinstance(mod, fused.Int8Experts):
+        from quantkit.quantizers.experts_io import export
+
+        return export(model, name, mod)
+    return {f"{name}.{key}": t for key, t in handler.export_tensors(mod).items()}
+
+
+def checkpoint_config(model, config: QuantConfig, quantized, skipped, source=None) -> dict:
+    """``quantization_config`` for config.json (``quantization_config``), plus for int8 the fused
+    experts modules written under names only quantkit reads (no per-expert Hub layout: gpt-oss).
+    ``model`` holds the quantized modules, quantized or still float (meta suffices)."""
+    qc = quantization_config(config, quantized, skipped, source)
+    if config.method == "int8":
+        from quantkit.quantizers.experts import Int8Experts, is_fused_experts
+        from quantkit.quantizers.experts_io import pieces
+
+        def experts(n):
+            m = model.get_submodule(n)
+            return isinstance(m, Int8Experts) or is_fused_experts(m)
+
+        qc["quantkit"]["experts_not_hub_layout"] = [
+            n for n in quantized if experts(n) and not pieces(model, n)[1]]
+    return qc
 
 
 def is_quantkit_checkpoint(folder) -> bool:
@@ -305,13 +330,7 @@ def save_quantized(model, out, config: QuantConfig, *, report=None, source_dir=N
 
         check_exportable(quantized_shapes(model, quantized), config.group_size)
     cfg = model.config.to_dict()
-    cfg["quantization_config"] = quantization_config(config, quantized, skipped, source_dir)
-    if config.method == "int8":  # MoE experts written under names only quantkit reads (gpt-oss)
-        from quantkit.quantizers.experts import Int8Experts
-        from quantkit.quantizers.experts_io import pieces
-
-        cfg["quantization_config"]["quantkit"]["experts_not_hub_layout"] = [
-            n for n in quantized if isinstance(model.get_submodule(n), Int8Experts) and not pieces(model, n)[1]]
+    cfg["quantization_config"] = checkpoint_config(model, config, quantized, skipped, source_dir)
     with atomic_output_dir(out, force, model_dir=source_dir) as tmp:
         write_shards(state, tmp, max_shard_bytes)
         atomic_write(tmp / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")

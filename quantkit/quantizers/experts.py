@@ -9,7 +9,7 @@ transformers' ``@use_experts_implementation`` sets on it (``has_gate``, ``has_bi
 
 ``Int8Experts`` replaces the whole module. Quantization is exactly ``Int8Linear``'s
 (``int8.quantize_weight``: symmetric absmax, per output channel or per group), applied to each
-expert's matrix, one expert at a time (one (out, in) fp32 temporary). Its tensors, which are the
+expert's matrix, one expert at a time. Its tensors, which are the
 checkpoint tensors ``<module>.<name>``, are always in (E, out, in) layout whatever the layout of the
 source model:
 
@@ -33,8 +33,8 @@ from torch import nn
 
 from quantkit.errors import ConfigError, InputError
 from quantkit.kernels import dequantize, int8_linear
-from quantkit.quantizers.int8 import BIAS_DTYPE, SCALE_TORCH_DTYPES, n_groups, quantize_weight
-from quantkit.quantizers.report import LayerReport
+from quantkit.quantizers.int8 import BIAS_DTYPE, SCALE_TORCH_DTYPES, n_groups, quantize_weight_stats
+from quantkit.quantizers.report import LayerReport, stats_report
 
 _FLAGS = ("has_gate", "has_bias", "is_transposed", "is_concatenated")
 
@@ -129,9 +129,9 @@ def _canonical_shape(source, proj: str) -> tuple[int, int, int]:
 
 
 def _canonical(source, proj: str, e: int) -> torch.Tensor:
-    """Expert ``e``'s ``proj`` weight as an (out, in) fp32 tensor."""
+    """Expert ``e``'s ``proj`` weight as an (out, in) tensor in its stored dtype (a view)."""
     w = getattr(source, proj)[e].detach()
-    return (w.t() if source.is_transposed else w).float()
+    return w.t() if source.is_transposed else w
 
 
 def empty_experts(source: nn.Module, group_size: int | None, scale_dtype: torch.dtype) -> Int8Experts:
@@ -152,35 +152,22 @@ def quantize_experts(name: str, source: nn.Module, group_size: int | None,
         q_all, s_all = getattr(mod, proj), getattr(mod, f"{proj}_scale")
         sum_w2 = sum_d2 = max_err = 0.0
         for e in range(mod.num_experts):
-            w = _canonical(source, proj, e)
-            if not torch.isfinite(w).all():
+            res = quantize_weight_stats(_canonical(source, proj, e), group_size, sdtype)
+            if not res.finite:
                 raise InputError(f"weight '{name}.{proj}' of expert {e} has non-finite values (inf/nan); "
                                  "cannot quantize it")
-            q, s = quantize_weight(w, group_size, sdtype)
-            if not torch.isfinite(s).all():
+            if not torch.isfinite(res.scale).all():
                 raise InputError(f"'{name}.{proj}' expert {e}: a scale overflows {scale_dtype}; "
                                  "use scale_dtype fp32")
-            q_all[e], s_all[e] = q, s
-            diff = dequantize(q, s, group_size, torch.float32).sub_(w)
-            sum_w2 += float(w.square().sum())
-            sum_d2 += float(diff.square().sum())
-            max_err = max(max_err, float(diff.abs().max()) if diff.numel() else 0.0)
+            q_all[e], s_all[e] = res.q, res.scale
+            sum_w2, sum_d2 = sum_w2 + res.sum_w2, sum_d2 + res.sum_d2
+            max_err = max(max_err, res.max_err)
         bias = getattr(source, f"{proj}_bias", None) if source.has_bias else None
         if bias is not None:
             setattr(mod, f"{proj}_bias", bias.detach().to(device=device, dtype=BIAS_DTYPE).clone())
-        reports.append(_report(f"{name}.{proj}", q_all.shape, s_all, sum_w2, sum_d2, max_err))
+        reports.append(stats_report(f"{name}.{proj}", q_all.shape, s_all, sum_w2, sum_d2, max_err,
+                                    experts=q_all.shape[0]))
     return mod, reports
-
-
-def _report(name, shape, scales, sum_w2, sum_d2, max_err) -> LayerReport:
-    import math
-
-    rel = math.sqrt(sum_d2 / sum_w2) if sum_w2 > 0 else 0.0
-    sqnr = None if sum_d2 == 0 or sum_w2 == 0 else 10.0 * math.log10(sum_w2 / sum_d2)
-    e, out_f, in_f = shape
-    return LayerReport(name=name, shape=(int(out_f), int(in_f)), scale_min=float(scales.min()),
-                       scale_max=float(scales.max()), rel_error=rel, sqnr_db=sqnr,
-                       max_abs_error=max_err, experts=int(e))
 
 
 def export_tensors(mod: Int8Experts) -> dict:

@@ -89,12 +89,14 @@ def pieces(model, name: str) -> tuple[list[Piece], bool]:
     return out, hub
 
 
-def export(model, name: str) -> dict:
-    """Checkpoint tensors (full names) of the ``Int8Experts`` at ``name``: per piece
-    ``weight_packed`` int32, ``weight_scale``, ``weight_shape`` int64 [rows, in] and ``bias``."""
+def export(model, name: str, mod=None) -> dict:
+    """Checkpoint tensors (full names) of the ``Int8Experts`` at ``name`` (``mod``, or the module
+    ``model`` holds there): per piece ``weight_packed`` int32, ``weight_scale``, ``weight_shape``
+    int64 [rows, in] and ``bias``. The names come from ``model``'s module at ``name``, quantized
+    or still float (the streaming writer's meta model)."""
     from quantkit.quantizers.packing import pack_int32
 
-    mod = model.get_submodule(name)
+    mod = model.get_submodule(name) if mod is None else mod
     out = {}
     for p in pieces(model, name)[0]:
         q = getattr(mod, p.proj)[p.expert][p.rows]

@@ -18,6 +18,7 @@ A handler that also quantizes fused MoE experts (transformers 5's 3-D expert ten
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from torch import nn
 from quantkit.errors import InputError
 from quantkit.kernels import dequantize, int8_linear
 from quantkit.quantizers.configs import Int8Config
-from quantkit.quantizers.report import LayerReport, layer_report
+from quantkit.quantizers.report import LayerReport, stats_report
 
 SCALE_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BIAS_DTYPE = torch.bfloat16  # biases of quantized layers are kept in bf16 (issue #3)
@@ -40,21 +41,75 @@ def quantize_weight(weight: torch.Tensor, group_size: int | None = None,
                     scale_dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize one (out, in) weight. Returns (q int8 (out, in), scale (out, n_groups) in scale_dtype).
 
-    Works in fp32 on one layer at a time (a few (out, in) fp32 temporaries, never the whole model).
+    ``quantize_weight_stats`` without the error statistics (see there)."""
+    res = quantize_weight_stats(weight, group_size, scale_dtype, stats=False)
+    return res.q, res.scale
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """``quantize_weight_stats``'s result. ``finite`` False: the weight holds inf/nan, q is None.
+    ``sum_w2``, ``sum_d2``: Σ w² and Σ (ŵ − w)² over the layer (fp32 terms, summed in float64);
+    ``max_err``: max |ŵ − w|; all 0.0 when stats were not asked for."""
+
+    q: torch.Tensor | None
+    scale: torch.Tensor
+    finite: bool
+    sum_w2: float = 0.0
+    sum_d2: float = 0.0
+    max_err: float = 0.0
+
+
+_CHUNK = 1 << 17  # elements per row chunk: fp32 temporaries of 512 KiB stay in the CPU caches
+
+
+def quantize_weight_stats(weight: torch.Tensor, group_size: int | None = None,
+                          scale_dtype: torch.dtype = torch.bfloat16, stats: bool = True) -> Quantized:
+    """Quantize one (out, in) float weight (any float dtype, any device) and, with ``stats``, the
+    error terms of ``report.stats_report`` from the same pass.
+
+    Exactly the arithmetic of the module docstring, in the weight's own dtype where it is exact:
+    the per-group absmax is taken on the stored values (max of |x| is one of them, so no fp32
+    copy is needed), ``amax / 127`` in fp32 then cast to the scale dtype, and ``w / scale`` in fp32
+    (``torch.div`` promotes each element, as ``w.float() / scale`` does) a chunk of rows at a time,
+    so the only fp32 temporaries are one chunk's. A non-finite weight shows up as a non-finite
+    absmax (max propagates nan), so no separate isfinite pass over the weight is needed.
     """
-    w = weight.detach().float()
+    w = weight.detach()
     out_f, in_f = w.shape
     g = in_f if group_size is None else group_size
     groups = n_groups(in_f, group_size)
     pad = groups * g - in_f  # zero columns that complete the last group; they do not move absmax
     wg = (nn.functional.pad(w, (0, pad)) if pad else w).reshape(out_f, groups, g)
-    scale = (wg.abs().amax(dim=-1) / QMAX).to(scale_dtype)  # (out, n_groups), the stored value
+    lo, hi = torch.aminmax(wg, dim=-1)  # (out, n_groups) in w's dtype
+    amax = torch.maximum(lo.float().abs_(), hi.float().abs_())  # abs: +0.0 for all-zero groups
+    if not bool(torch.isfinite(amax).all()):
+        return Quantized(None, amax.to(scale_dtype), False)
+    scale = (amax / QMAX).to(scale_dtype)  # (out, n_groups), the stored value
     s = scale.float().unsqueeze(-1)  # (out, n_groups, 1)
     zero = s == 0
-    q = wg / s.masked_fill(zero, 1.0)  # the one (out, in) fp32 temporary besides w
-    q.round_().clamp_(-QMAX, QMAX).masked_fill_(zero, 0)
-    q = q.view(out_f, groups * g)[:, :in_f].to(torch.int8).contiguous()
-    return q, scale
+    any_zero = bool(zero.any())
+    div = s.masked_fill(zero, 1.0) if any_zero else s
+    q = torch.empty(out_f, groups, g, dtype=torch.int8, device=w.device)
+    rows = max(1, _CHUNK // (groups * g))
+    sum_w2 = sum_d2 = max_err = 0.0
+    for r0 in range(0, out_f, rows):
+        sl = slice(r0, min(out_f, r0 + rows))
+        x = torch.div(wg[sl], div[sl])  # fp32 (rows, groups, g)
+        x.round_().clamp_(-QMAX, QMAX)
+        if any_zero:
+            x.masked_fill_(zero[sl], 0)
+        q[sl] = x  # integer-valued fp32 in [-127, 127]: the int8 cast is exact
+        if stats:
+            wf = wg[sl].float()
+            d = x.mul_(s[sl]).sub_(wf)  # dequantized - original
+            sum_w2 += float(wf.square_().sum(dtype=torch.float64))
+            sum_d2 += float(d.square().sum(dtype=torch.float64))
+            max_err = max(max_err, float(d.abs_().max()) if d.numel() else 0.0)
+    q = q.view(out_f, groups * g)
+    if pad:
+        q = q[:, :in_f].contiguous()
+    return Quantized(q, scale, True, sum_w2, sum_d2, max_err)
 
 
 class Int8Linear(nn.Module):
@@ -89,11 +144,17 @@ class Int8Linear(nn.Module):
                     scale_dtype: torch.dtype = torch.bfloat16, weight: torch.Tensor | None = None) -> "Int8Linear":
         """Quantize ``linear`` (any float dtype, any device) into a new ``Int8Linear`` on its device.
 
-        weight: ``linear.weight`` already converted to fp32, if the caller has it (saves a copy).
+        weight: the weight to quantize instead of ``linear.weight`` (same shape), if the caller has it.
         """
         q, scale = quantize_weight(linear.weight if weight is None else weight, group_size, scale_dtype)
+        return cls.from_quantized(linear, q, scale, group_size)
+
+    @classmethod
+    def from_quantized(cls, linear: nn.Linear, q: torch.Tensor, scale: torch.Tensor,
+                       group_size: int | None = None) -> "Int8Linear":
+        """An ``Int8Linear`` holding ``q`` and ``scale`` (from ``quantize_weight``) and ``linear``'s bias."""
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                  group_size, scale_dtype, device="meta")
+                  group_size, scale.dtype, device="meta")
         mod.weight, mod.weight_scale = q, scale  # replace the meta buffers
         if linear.bias is not None:
             mod.bias = linear.bias.detach().to(BIAS_DTYPE).clone()
@@ -120,14 +181,13 @@ MODULE_CLASS = Int8Linear
 
 def quantize_module(name: str, linear: nn.Linear, config: Int8Config) -> tuple[Int8Linear, LayerReport]:
     """Quantize one ``nn.Linear``; returns the replacement and its error statistics."""
-    w = linear.weight.detach().float()
-    if not torch.isfinite(w).all():
+    res = quantize_weight_stats(linear.weight, config.group_size, SCALE_TORCH_DTYPES[config.scale_dtype])
+    if not res.finite:
         raise InputError(f"weight of '{name}' has non-finite values (inf/nan); cannot quantize it")
-    mod = Int8Linear.from_linear(linear, config.group_size, SCALE_TORCH_DTYPES[config.scale_dtype], weight=w)
-    if not torch.isfinite(mod.weight_scale).all():
+    if not torch.isfinite(res.scale).all():
         raise InputError(f"'{name}': a scale overflows {config.scale_dtype}; use scale_dtype fp32")
-    report = layer_report(name, w, mod.dequantize(torch.float32), mod.weight_scale)
-    return mod, report
+    mod = Int8Linear.from_quantized(linear, res.q, res.scale, config.group_size)
+    return mod, stats_report(name, tuple(res.q.shape), res.scale, res.sum_w2, res.sum_d2, res.max_err)
 
 
 def export_tensors(module: Int8Linear) -> dict:

@@ -51,6 +51,18 @@ def layer_report(name: str, w, w_hat, scale) -> LayerReport:
     )
 
 
+def stats_report(name: str, shape, scale, sum_w2: float, sum_d2: float, max_err: float,
+                 experts: int = 1) -> LayerReport:
+    """``LayerReport`` from running sums (``int8.quantize_weight_stats``): Σ w², Σ (ŵ − w)² and
+    max |ŵ − w| over the layer (over every expert of a fused MoE tensor: the Frobenius norms add)."""
+    rel = math.sqrt(sum_d2 / sum_w2) if sum_w2 > 0 else 0.0
+    sqnr = None if sum_d2 == 0 or sum_w2 == 0 else 10.0 * math.log10(sum_w2 / sum_d2)
+    out_f, in_f = shape[-2], shape[-1]
+    return LayerReport(name=name, shape=(int(out_f), int(in_f)), scale_min=float(scale.min()),
+                       scale_max=float(scale.max()), rel_error=rel, sqnr_db=sqnr,
+                       max_abs_error=max_err, experts=int(experts))
+
+
 @dataclass
 class QuantReport:
     """Result of ``quantkit.quantize``; bytes are ints, seconds a float."""

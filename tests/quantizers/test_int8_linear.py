@@ -155,3 +155,57 @@ def test_quantize_module_reports_errors_and_refuses_non_finite():
         lin.weight[3, 5] = float("nan")
     with pytest.raises(InputError, match=r"weight of 'blk.fc' has non-finite values"):
         quantize_module("blk.fc", lin, Int8Config())
+
+
+def _fp32_reference_quantize(weight, group_size, scale_dtype):
+    """The fp32 formulation of the module docstring (what quantize_weight computed before it
+    worked in the weight's dtype chunk by chunk): the new one must give the same bits."""
+    w = weight.detach().float()
+    out_f, in_f = w.shape
+    g = in_f if group_size is None else group_size
+    groups = math.ceil(in_f / g)
+    pad = groups * g - in_f
+    wg = (nn.functional.pad(w, (0, pad)) if pad else w).reshape(out_f, groups, g)
+    scale = (wg.abs().amax(dim=-1) / 127).to(scale_dtype)
+    s = scale.float().unsqueeze(-1)
+    zero = s == 0
+    q = wg / s.masked_fill(zero, 1.0)
+    q.round_().clamp_(-127, 127).masked_fill_(zero, 0)
+    return q.view(out_f, groups * g)[:, :in_f].to(torch.int8).contiguous(), scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("group_size", [None, 32, 100])
+def test_quantize_weight_is_bit_identical_to_the_fp32_formulation(dtype, group_size):
+    from quantkit.quantizers import int8
+
+    gen = torch.Generator().manual_seed(1)
+    w = (torch.randn(300, 1000, generator=gen) * 0.02).to(dtype)
+    w[3], w[5, :40], w[7] = 0, 0, w[7] * 1e-6  # zero row, zero group, fp16-underflowing scales
+    for scale_dtype in (torch.bfloat16, torch.float16, torch.float32):
+        want_q, want_s = _fp32_reference_quantize(w, group_size, scale_dtype)
+        for chunk in (int8._CHUNK, 1000):  # many rows per chunk, and one row per chunk
+            old, int8._CHUNK = int8._CHUNK, chunk
+            try:
+                q, s = quantize_weight(w, group_size, scale_dtype)
+            finally:
+                int8._CHUNK = old
+            assert q.dtype == torch.int8 and q.is_contiguous() and torch.equal(q, want_q)
+            assert s.dtype == scale_dtype
+            assert torch.equal(s.view(torch.uint8), want_s.view(torch.uint8))  # +0.0, not -0.0
+
+
+def test_error_statistics_from_the_quantize_pass_match_a_dequantized_comparison():
+    from quantkit.quantizers.int8 import quantize_weight_stats
+
+    gen = torch.Generator().manual_seed(2)
+    w = (torch.randn(64, 200, generator=gen) * 0.05).to(torch.bfloat16)
+    for gs in (None, 64):
+        res = quantize_weight_stats(w, gs)
+        w_hat = Int8Linear.from_quantized(nn.Linear(200, 64, bias=False), res.q, res.scale, gs).dequantize()
+        diff = w_hat - w.float()
+        assert res.sum_w2 == pytest.approx(float(w.float().square().sum()), rel=1e-5)
+        assert res.sum_d2 == pytest.approx(float(diff.square().sum()), rel=1e-5)
+        assert res.max_err == float(diff.abs().max())
+    w[1, 2] = float("inf")
+    assert not quantize_weight_stats(w).finite
